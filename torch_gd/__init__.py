@@ -1,0 +1,7 @@
+"""torch_gd: PyTorch-native gradient-descent optimizers, drop-in replacements for torch.optim."""
+
+from .optimizer import Optimizer
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD"]
+__version__ = "0.1.0"

@@ -1,0 +1,85 @@
+"""Argument checks shared by every optimizer.
+
+torch.optim raises on purpose for a few cases (negative lr, ...) and we raise the same type with
+the same message there. Where torch crashes by accident (``lr="0.1"`` gives a raw comparison
+TypeError) or accepts nonsense (``lr=nan``, negative ``dampening``), we raise a ValueError or
+TypeError that names the argument and its allowed range. Every check runs before any state or
+parameter is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+
+def real(
+    name: str,
+    value: Any,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+    tensor_ok: bool = True,
+    torch_message: Optional[str] = None,
+) -> None:
+    """Check a real hyperparameter lies in its range.
+
+    ``torch_message`` is torch's own message for the out-of-range case it checks itself
+    (``value < low``); the other failures get a message naming the range.
+    """
+    allowed = _range_text(low, high, low_open, high_open)
+    if isinstance(value, Tensor):
+        if not tensor_ok:
+            raise TypeError(f"{name} must be a float, not a Tensor")
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real number, got a {value.dtype} tensor")
+        number = float(value.detach().cpu())
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise TypeError(
+            f"{name} must be a real number{' or a 1-element Tensor' if tensor_ok else ''}, "
+            f"got {type(value).__name__}: {value!r}"
+        )
+    below = number <= low if low_open else number < low
+    if below and torch_message is not None:
+        raise ValueError(torch_message)
+    above = number >= high if high_open else number > high
+    if math.isnan(number) or math.isinf(number) or below or above:
+        raise ValueError(f"Invalid {name} value: {value} ({name} must be in {allowed})")
+
+
+def flag(name: str, value: Any, *, optional: bool = False) -> None:
+    """Check a switch is a bool (or None where torch lets the implementation choose)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, bool):
+        expected = "a bool or None" if optional else "a bool"
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}: {value!r}")
+
+
+def implementation(defaults: dict) -> None:
+    """torch's errors for incompatible implementation switches, in torch's order."""
+    if defaults.get("fused"):
+        if defaults.get("differentiable"):
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if defaults.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        raise NotImplementedError(
+            "torch_gd: fused=True is not available yet; use the default (foreach=None), "
+            "which is torch_gd's fast eager path"
+        )
+
+
+def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    left = "(" if low_open else "["
+    right = ")" if high_open or math.isinf(high) else "]"
+    return f"{left}{low:g}, {high:g}{right}"

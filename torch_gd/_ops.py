@@ -1,0 +1,75 @@
+"""The handful of ops update rules are written against.
+
+A hyperparameter reaches a rule either as a Python number or as a 1-element tensor (a tensor
+``lr``, or a value a scheduler updates in place). Numbers go through the ``alpha=`` forms, which
+compute the scalar in the op's accumulation type exactly as torch.optim does; tensors go through
+``addcmul``-style forms, which never call ``.item()`` and so never wait for the device.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor
+
+Scalar = Union[float, Tensor]
+
+
+def enabled(x: Scalar) -> bool:
+    """Whether a coefficient switches its term on. A tensor always does: we never read it."""
+    return isinstance(x, Tensor) or x != 0
+
+
+def add_scaled(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
+    """``x + a·y`` as a new tensor."""
+    if x.is_sparse:
+        # torch has no add(sparse, dense); the sum is dense anyway.
+        return scale(y, a).add_(x)
+    if isinstance(a, Tensor):
+        return x.addcmul(y, _as_0dim(a))
+    return x.add(y, alpha=a)
+
+
+def add_scaled_(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
+    """``x ← x + a·y`` in place."""
+    if isinstance(a, Tensor):
+        return x.addcmul_(y, _as_0dim(a))
+    return x.add_(y, alpha=a)
+
+
+def sub_scaled_(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
+    """``x ← x − a·y`` in place."""
+    if y.is_sparse and isinstance(a, Tensor):
+        # Sparse tensors have no addcmul_.
+        return x.sub_(y * _as_0dim(a))
+    if isinstance(a, Tensor):
+        return x.addcmul_(y, _as_0dim(a), value=-1)
+    return x.add_(y, alpha=-a)
+
+
+def scale(x: Tensor, a: Scalar) -> Tensor:
+    """``a·x`` as a new tensor."""
+    return x.mul(_as_0dim(a) if isinstance(a, Tensor) else a)
+
+
+def assign_(dst: Tensor, src: Tensor) -> Tensor:
+    """``dst ← src``, also from a sparse ``src`` (dense ``copy_`` refuses those)."""
+    if src.is_sparse:
+        return dst.zero_().add_(src)
+    return dst.copy_(src)
+
+
+def scale_(x: Tensor, a: Scalar) -> Tensor:
+    """``x ← a·x`` in place."""
+    return x.mul_(_as_0dim(a) if isinstance(a, Tensor) else a)
+
+
+def _as_0dim(a: Tensor) -> Tensor:
+    # A 1-element tensor of shape (1,) would broadcast a 0-dim param to shape (1,).
+    return a if a.dim() == 0 else a.reshape(())
+
+
+def real_view(t: Tensor) -> Tensor:
+    """Complex tensors are updated as their real pairs: every rule is elementwise over reals."""
+    return torch.view_as_real(t) if t.is_complex() else t

@@ -1,0 +1,97 @@
+"""The base class every torch_gd optimizer derives from: the only ``step()`` loop.
+
+An optimizer subclass supplies its update rule (``_spec``), its argument checks
+(``_check_group``), the state keys a group needs (``_state_keys``) and the values its rule
+reads from a group (``_hyper``). Everything else — param groups, hooks, ``state_dict`` in torch's
+format, packing, paths — is shared here and in ``_engine``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import _use_grad_for_differentiable
+
+from ._engine import Engine, Spec
+
+
+class Optimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose step runs one update rule through the shared engine."""
+
+    _spec: Spec
+    # torch's message when a sparse grad reaches an optimizer that cannot use one.
+    _sparse_error: Optional[str] = None
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self._engine = Engine(self._spec)
+        super().__init__(params, defaults)
+
+    # -------------------------------------------------------------- subclass hooks
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Raise for bad hyperparameters in ``group`` (torch's errors where torch has them)."""
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The per-param state tensors this group's options need, in torch's order."""
+        return ()
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments the rule reads from ``group``."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- torch.optim contract
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict):
+            merged = {**self.defaults, **param_group}
+            self._check_group(merged)
+        super().add_param_group(param_group)
+        self._engine.invalidate()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # State tensors were replaced (load_state_dict, unpickling, deepcopy): re-pack them.
+        self._engine = Engine(self._spec)
+
+    @_use_grad_for_differentiable
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Everything that can fail is checked for every group before any group is updated.
+        work = [self._with_grads(group) for group in self.param_groups]
+        for gi, (group, (params, grads)) in enumerate(zip(self.param_groups, work)):
+            if params:
+                self._engine.run(
+                    gi, group, params, grads, self._state_keys(group), self._hyper(group),
+                    self.state,
+                )
+        return loss
+
+    def _with_grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        """The distinct params of ``group`` that have a grad, and their grads.
+
+        torch updates a param listed twice in a group twice (and its paths disagree on the
+        result); we update each distinct param once.
+        """
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        seen: set[int] = set()
+        for p in group["params"]:
+            g = p.grad
+            if g is not None and id(p) not in seen:
+                seen.add(id(p))
+                if g.is_sparse and self._sparse_error is not None:
+                    raise RuntimeError(self._sparse_error)
+                params.append(p)
+                grads.append(g)
+        return params, grads

@@ -1,0 +1,125 @@
+"""Stochastic gradient descent with momentum, dampening, Nesterov and weight decay."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from torch import Tensor
+
+from . import _checks
+from ._engine import Spec
+from ._ops import Scalar, add_scaled, assign_, enabled, sub_scaled_
+from .optimizer import Optimizer
+
+
+def sgd(
+    p: Tensor,
+    g: Tensor,
+    b: Optional[Tensor] = None,
+    *,
+    first: bool,
+    lr: Scalar,
+    momentum: Scalar,
+    dampening: float,
+    weight_decay: Scalar,
+    nesterov: bool,
+    maximize: bool,
+) -> None:
+    """One SGD step, in place on ``p`` and the momentum buffer ``b``::
+
+        g ← −g                      if maximize
+        g ← g + λ·p                 if λ ≠ 0
+        b ← g          at the first step,  else  b ← μ·b + (1 − τ)·g      (when μ ≠ 0)
+        d ← g + μ·b    if nesterov,        else  d ← b                    (when μ ≠ 0)
+        p ← p − η·d
+    """
+    if maximize:
+        g = -g
+    if enabled(weight_decay):
+        g = add_scaled(g, p, weight_decay)
+    d = g
+    if b is not None:
+        if first:
+            assign_(b, g.detach())
+        else:
+            b.mul_(momentum).add_(g, alpha=1 - dampening)
+        d = add_scaled(g, b, momentum) if nesterov else b
+    sub_scaled_(p, d, lr)
+
+
+class SGD(Optimizer):
+    __doc__ = """Stochastic gradient descent, a drop-in for ``torch.optim.SGD``.
+
+    Same signature, defaults, state (``momentum_buffer``) and results as torch 2.14.1's SGD;
+    see the README for where torch_gd deliberately differs.
+    """ + (sgd.__doc__ or "")
+
+    _spec = Spec(rule=sgd)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Union[float, Tensor] = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: Union[float, Tensor] = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        self._check_group(defaults)
+        _checks.implementation(defaults)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        _checks.real("lr", lr, torch_message=f"Invalid learning rate: {lr}")
+        _checks.real("momentum", momentum, torch_message=f"Invalid momentum value: {momentum}")
+        _checks.real("dampening", group["dampening"], high=1.0, tensor_ok=False)
+        _checks.real("weight_decay", wd, torch_message=f"Invalid weight_decay value: {wd}")
+        for name in ("nesterov", "maximize", "differentiable"):
+            _checks.flag(name, group[name])
+        for name in ("foreach", "fused"):
+            _checks.flag(name, group[name], optional=True)
+        if group["nesterov"] and (_not_positive(momentum) or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if enabled(group["momentum"]) else ()
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["lr"],
+            "momentum": group["momentum"],
+            "dampening": group["dampening"],
+            "weight_decay": group["weight_decay"],
+            "nesterov": group["nesterov"],
+            "maximize": group["maximize"],
+        }
+
+
+def _not_positive(x: Scalar) -> bool:
+    return float(x) <= 0
