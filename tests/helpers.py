@@ -1,0 +1,46 @@
+"""Small utilities the optimizer tests share."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator
+
+import torch
+
+from torch_gd import _engine
+
+
+@contextlib.contextmanager
+def pack_max_numel(n: int) -> Iterator[None]:
+    """Move the packed/per-tensor boundary so both paths and their mix get exercised."""
+    old = _engine.PACK_MAX_NUMEL
+    _engine.PACK_MAX_NUMEL = n
+    try:
+        yield
+    finally:
+        _engine.PACK_MAX_NUMEL = old
+
+
+def clone_kwargs(kwargs: dict) -> dict:
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)) for k, v in kwargs.items()}
+
+
+def assert_state_close(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, **tol) -> None:
+    """Same state entries, same keys in the same order, same dtypes, shapes and values."""
+    a, b = ours.state_dict()["state"], theirs.state_dict()["state"]
+    assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+    for i in a:
+        assert list(a[i]) == list(b[i]), (i, list(a[i]), list(b[i]))
+        for k in a[i]:
+            x, y = a[i][k], b[i][k]
+            if isinstance(y, torch.Tensor):
+                assert x.dtype == y.dtype and x.shape == y.shape and x.device == y.device, (k, x, y)
+                torch.testing.assert_close(x, y.to_dense() if y.is_sparse else y, **tol)
+            else:
+                assert x == y, (k, x, y)
+
+
+def assert_params_close(ps, qs, **tol) -> None:
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p.detach(), q.detach(), **tol)
