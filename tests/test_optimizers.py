@@ -16,7 +16,7 @@ from hypothesis import given, strategies as st
 
 from torch_gd import _engine
 
-from .helpers import assert_params_close, assert_state_close, clone_kwargs, pack_max_numel
+from .helpers import assert_params_close, assert_state_close, clone_kwargs, pack_max_numel, tol
 from .registry import CASES
 from .strategies import DTYPES, make_grad, make_param, param_specs, grad_patterns
 
@@ -47,9 +47,8 @@ def _groups(params, two_groups):
 @cases
 @given(data=st.data())
 def test_every_step_matches_torch_for_loop(case, data):
-    """Params and all state equal torch's for-loop after every step, at torch's own per-dtype
-    test tolerances (``assert_close`` defaults: fp64 1e-7, fp32 1.3e-6/1e-5, bf16 1.6e-2/1e-5,
-    fp16 1e-3/1e-5). Both sides run the same op sequence; what remains is one rounding per op
+    """Params and all state equal torch's for-loop after every step, at the per-dtype tolerances
+    of tests/helpers.py. Both sides run the same op sequence; what remains is one rounding per op
     where a vectorised loop uses FMA and a scalar tail does not."""
     specs, dtype, kwargs, foreach, threshold, pattern, two_groups, seed = _setup(case, data)
     gen = torch.Generator().manual_seed(seed)
@@ -65,8 +64,8 @@ def test_every_step_matches_torch_for_loop(case, data):
                 q.grad = None if p.grad is None else p.grad.clone()
             opt.step()
             ref.step()
-            assert_params_close(ours, theirs)
-            assert_state_close(opt, ref)
+            assert_params_close(ours, theirs, **tol(dtype))
+            assert_state_close(opt, ref, **tol(dtype))
             for p, b, kind in zip(ours, before, kinds):
                 if kind == "none":
                     assert torch.equal(p.detach(), b), "a param without grad was touched"

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 import torch_gd
 
 from . import reference
-from .helpers import pack_max_numel
+from .helpers import pack_max_numel, tol
 
 paths = pytest.mark.parametrize("foreach", [None, False])
 floats = st.floats(-2.0, 2.0, allow_nan=False)
@@ -106,4 +106,4 @@ def test_channels_last_param_with_contiguous_grad(dtype):
                 p.grad, q.grad = g.clone(), g.clone()
                 a.step(), b.step()
             assert p.is_contiguous(memory_format=torch.channels_last)
-            torch.testing.assert_close(p.detach(), q.detach())
+            torch.testing.assert_close(p.detach(), q.detach(), **tol(dtype))
