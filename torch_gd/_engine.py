@@ -101,6 +101,7 @@ class Engine:
         self.counts: dict[Tensor, int] = {}
         self.sparse: set[int] = set()
         self._plans: dict[int, _Plan] = {}
+        self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def invalidate(self) -> None:
         """Forget every plan: state is re-read and re-packed at the next step."""
@@ -228,11 +229,13 @@ class Engine:
                         spec.init(k, t, hyper)
                 if b.steps is not None:
                     b.steps[lo:hi].add_(1) if not fresh else b.steps[lo:hi].fill_(1)
+                g = real_view(b.gflat[a:z])
                 spec.rule(
                     real_view(b.pflat[a:z]),
-                    real_view(b.gflat[a:z]),
+                    g,
                     *(real_view(t) for t in tensors),
                     first=fresh,
+                    scratch=g,
                     **self._step_arg(count),
                     **hyper,
                 )
@@ -270,9 +273,24 @@ class Engine:
             g if g.is_sparse else real_view(g),
             *(t if t.is_sparse else real_view(t) for t in tensors),
             first=fresh,
+            scratch=self._scratch_for(p),
             **self._step_arg(count),
             **hyper,
         )
+
+    def _scratch_for(self, p: Tensor) -> Optional[Tensor]:
+        """A p-shaped tensor for the rule's temporaries, reused across params and steps.
+
+        None under autograd (``differentiable=True``): ``out=`` ops do not record a graph.
+        """
+        if torch.is_grad_enabled():
+            return None
+        key = (p.device, p.dtype)
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < p.numel():
+            buf = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
+            self._scratch[key] = buf
+        return real_view(_segment_view(buf, p, 0))
 
     def _fresh(self, st: dict, keys: tuple[str, ...]) -> bool:
         """Whether a param has no state yet (torch initialises state at its first step)."""

@@ -4,11 +4,15 @@ A hyperparameter reaches a rule either as a Python number or as a 1-element tens
 ``lr``, or a value a scheduler updates in place). Numbers go through the ``alpha=`` forms, which
 compute the scalar in the op's accumulation type exactly as torch.optim does; tensors go through
 ``addcmul``-style forms, which never call ``.item()`` and so never wait for the device.
+
+Out-of-place ops take an optional ``out``: the engine hands each rule a scratch tensor to write
+its temporaries into, because allocating a fresh param-sized tensor per op costs more than the
+op itself on the CPU (page faults on every step). ``out`` may alias an input.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -21,14 +25,23 @@ def enabled(x: Scalar) -> bool:
     return isinstance(x, Tensor) or x != 0
 
 
-def add_scaled(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
-    """``x + a·y`` as a new tensor."""
+def neg(x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``−x``."""
+    if out is None or x.is_sparse:
+        return -x
+    return torch.neg(x, out=out)
+
+
+def add_scaled(x: Tensor, y: Tensor, a: Scalar, out: Optional[Tensor] = None) -> Tensor:
+    """``x + a·y``."""
     if x.is_sparse:
         # torch has no add(sparse, dense); the sum is dense anyway.
-        return scale(y, a).add_(x)
+        return scale(y, a, out=out).add_(x)
+    if out is None:
+        return x.addcmul(y, _as_0dim(a)) if isinstance(a, Tensor) else x.add(y, alpha=a)
     if isinstance(a, Tensor):
-        return x.addcmul(y, _as_0dim(a))
-    return x.add(y, alpha=a)
+        return torch.addcmul(x, y, _as_0dim(a), out=out)
+    return torch.add(x, y, alpha=a, out=out)
 
 
 def add_scaled_(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
@@ -48,9 +61,15 @@ def sub_scaled_(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
     return x.add_(y, alpha=-a)
 
 
-def scale(x: Tensor, a: Scalar) -> Tensor:
-    """``a·x`` as a new tensor."""
-    return x.mul(_as_0dim(a) if isinstance(a, Tensor) else a)
+def scale(x: Tensor, a: Scalar, out: Optional[Tensor] = None) -> Tensor:
+    """``a·x``."""
+    a = _as_0dim(a) if isinstance(a, Tensor) else a
+    return x.mul(a) if out is None else torch.mul(x, a, out=out)
+
+
+def scale_(x: Tensor, a: Scalar) -> Tensor:
+    """``x ← a·x`` in place."""
+    return x.mul_(_as_0dim(a) if isinstance(a, Tensor) else a)
 
 
 def assign_(dst: Tensor, src: Tensor) -> Tensor:
@@ -60,16 +79,11 @@ def assign_(dst: Tensor, src: Tensor) -> Tensor:
     return dst.copy_(src)
 
 
-def scale_(x: Tensor, a: Scalar) -> Tensor:
-    """``x ← a·x`` in place."""
-    return x.mul_(_as_0dim(a) if isinstance(a, Tensor) else a)
-
-
 def _as_0dim(a: Tensor) -> Tensor:
     # A 1-element tensor of shape (1,) would broadcast a 0-dim param to shape (1,).
     return a if a.dim() == 0 else a.reshape(())
 
 
-def real_view(t: Tensor) -> Tensor:
+def real_view(t: Optional[Tensor]) -> Optional[Tensor]:
     """Complex tensors are updated as their real pairs: every rule is elementwise over reals."""
-    return torch.view_as_real(t) if t.is_complex() else t
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec
-from ._ops import Scalar, add_scaled, assign_, enabled, sub_scaled_
+from ._ops import Scalar, add_scaled, assign_, enabled, neg, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -24,6 +24,7 @@ def sgd(
     weight_decay: Scalar,
     nesterov: bool,
     maximize: bool,
+    scratch: Optional[Tensor] = None,
 ) -> None:
     """One SGD step, in place on ``p`` and the momentum buffer ``b``::
 
@@ -32,18 +33,20 @@ def sgd(
         b ← g          at the first step,  else  b ← μ·b + (1 − τ)·g      (when μ ≠ 0)
         d ← g + μ·b    if nesterov,        else  d ← b                    (when μ ≠ 0)
         p ← p − η·d
+
+    Temporaries go to ``scratch`` (p-shaped, may be ``g`` itself) when the engine gives one.
     """
     if maximize:
-        g = -g
+        g = neg(g, out=scratch)
     if enabled(weight_decay):
-        g = add_scaled(g, p, weight_decay)
+        g = add_scaled(g, p, weight_decay, out=scratch)
     d = g
     if b is not None:
         if first:
             assign_(b, g.detach())
         else:
             b.mul_(momentum).add_(g, alpha=1 - dampening)
-        d = add_scaled(g, b, momentum) if nesterov else b
+        d = add_scaled(g, b, momentum, out=scratch) if nesterov else b
     sub_scaled_(p, d, lr)
 
 

@@ -1,0 +1,93 @@
+"""Drop-in: train a torchvision ResNet-18 with torch.optim.SGD and with torch_gd.SGD.
+
+The only difference between the two runs is the optimizer class. Both start from the same
+weights and see the same batches (torchvision's FakeData: no download needed), so their losses
+should agree step for step. Prints both loss columns and the largest parameter difference, and
+saves examples/output/drop_in.png when matplotlib is installed.
+
+    python examples/drop_in.py            # 30 steps, about a minute on 2 cores
+    python examples/drop_in.py --smoke    # 3 steps, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import torch_gd
+
+
+def batches(steps: int, batch_size: int):
+    data = torchvision.datasets.FakeData(
+        size=steps * batch_size, image_size=(3, 32, 32), num_classes=10,
+        transform=torchvision.transforms.ToTensor(), random_offset=0,
+    )
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    return list(loader)
+
+
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer, data) -> tuple[list[float], float]:
+    losses, step_time = [], 0.0
+    for x, y in data:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        t = time.perf_counter()
+        opt.step()
+        step_time += time.perf_counter() - t
+        losses.append(loss.item())
+    return losses, step_time / len(data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--smoke", action="store_true", help="3 steps, for CI")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / "drop_in.png")
+    args = parser.parse_args()
+    steps = 3 if args.smoke else args.steps
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10)
+    candidate = copy.deepcopy(reference)
+    data = batches(steps, args.batch_size)
+    hyper = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+
+    torch_losses, torch_time = train(reference, torch.optim.SGD(reference.parameters(), **hyper), data)
+    gd_losses, gd_time = train(candidate, torch_gd.SGD(candidate.parameters(), **hyper), data)
+
+    print(f"{'step':>4}  {'torch.optim.SGD':>16}  {'torch_gd.SGD':>13}")
+    for i, (a, b) in enumerate(zip(torch_losses, gd_losses), 1):
+        print(f"{i:>4}  {a:>16.6f}  {b:>13.6f}")
+    diff = max((p - q).abs().max().item() for p, q in zip(reference.parameters(), candidate.parameters()))
+    print(f"largest parameter difference after {steps} steps: {diff:.3g}")
+    print(f"mean optimizer step: torch.optim {torch_time * 1e3:.2f} ms, torch_gd {gd_time * 1e3:.2f} ms "
+          "(one run, not a benchmark: see benchmarks/)")
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: skipped the plot (pip install 'torch_gd[plot]')")
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, steps + 1), torch_losses, lw=3, alpha=0.5, label="torch.optim.SGD")
+    ax.plot(range(1, steps + 1), gd_losses, "k--", lw=1, label="torch_gd.SGD")
+    ax.set(xlabel="step", ylabel="training loss", title="ResNet-18, same data: the curves coincide")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
