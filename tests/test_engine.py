@@ -1,0 +1,141 @@
+"""The engine's own promises: packing, per-param semantics inside a bucket, re-packing after
+state changes, and the layout of the state it exposes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import torch_gd
+from torch_gd import _engine
+
+from .helpers import assert_params_close, assert_state_close, pack_max_numel
+
+
+def _params(n=6, size=5, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(size, generator=gen, dtype=dtype)) for _ in range(n)]
+
+
+def _grads(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+
+def test_small_params_share_one_flat_state_buffer():
+    params = _params()
+    opt = torch_gd.SGD(params, lr=0.1, momentum=0.9)
+    _grads(params, 1)
+    opt.step()
+    storages = {opt.state[p]["momentum_buffer"].untyped_storage().data_ptr() for p in params}
+    assert len(storages) == 1
+    for p in params:
+        buf = opt.state[p]["momentum_buffer"]
+        assert buf.shape == p.shape and buf.stride() == p.stride() and buf.dtype == p.dtype
+
+
+def test_large_params_and_per_tensor_path_own_their_state():
+    big = torch.nn.Parameter(torch.randn(_engine.PACK_MAX_NUMEL + 1))
+    small = _params(2)
+    for foreach, expected in ((None, 2), (False, 3)):
+        opt = torch_gd.SGD([big] + small, lr=0.1, momentum=0.9, foreach=foreach)
+        _grads([big] + small, 1)
+        opt.step()
+        storages = {opt.state[p]["momentum_buffer"].untyped_storage().data_ptr() for p in [big] + small}
+        assert len(storages) == expected
+
+
+def test_late_first_grads_keep_per_param_first_step_semantics():
+    """Params of one bucket that get their first grad at different steps each start their
+    momentum buffer from their own first grad, as torch does."""
+    ours, theirs = _params(), _params()
+    a = torch_gd.SGD(ours, lr=0.1, momentum=0.9, dampening=0.5)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, dampening=0.5, foreach=False)
+    for step in range(len(ours)):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            p.grad = torch.full_like(p, float(step + i)) if i <= step else None
+            q.grad = None if p.grad is None else p.grad.clone()
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
+        assert_state_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("foreach", [None, False])
+def test_replacing_or_deleting_state_is_honoured_like_torch(foreach):
+    ours, theirs = _params(), _params()
+    a = torch_gd.SGD(ours, lr=0.1, momentum=0.9, dampening=0.2, foreach=foreach)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, dampening=0.2, foreach=False)
+    for step in range(4):
+        _grads(ours, step), _grads(theirs, step)
+        if step == 2:
+            for o, ps in ((a, ours), (b, theirs)):
+                o.state[ps[0]]["momentum_buffer"] = torch.full_like(ps[0], 3.0)
+                del o.state[ps[1]]
+                o.state[ps[2]]["momentum_buffer"].zero_()
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
+        assert_state_close(a, b, rtol=0, atol=0)
+
+
+def test_load_state_dict_repacks_and_continues():
+    ours, theirs = _params(), _params()
+    a = torch_gd.SGD(ours, lr=0.1, momentum=0.9)
+    # foreach=None: a checkpoint's group flags are loaded too, and foreach=False means per-tensor.
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9)
+    _grads(ours, 0), _grads(theirs, 0)
+    a.step(), b.step()
+    a.load_state_dict(copy.deepcopy(b.state_dict()))
+    for step in range(1, 4):
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+    storages = {a.state[p]["momentum_buffer"].untyped_storage().data_ptr() for p in ours}
+    assert len(storages) == 1, "state was not re-packed after load_state_dict"
+    assert_params_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_a_param_moved_to_another_dtype_after_a_step_is_repacked():
+    params = _params()
+    opt = torch_gd.SGD(params, lr=0.1, momentum=0.9)
+    _grads(params, 0)
+    opt.step()
+    for p in params:
+        p.data = p.data.double()
+    _grads(params, 1)
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    for p, b in zip(params, before):
+        assert p.dtype == torch.float64
+        assert opt.state[p]["momentum_buffer"].dtype == torch.float64
+        assert not torch.equal(p.detach(), b)
+
+
+def test_zero_size_and_zero_dim_params_share_a_bucket():
+    with pack_max_numel(1 << 15):
+        params = [torch.nn.Parameter(torch.randn(())), torch.nn.Parameter(torch.randn(0, 3)), torch.nn.Parameter(torch.randn(2))]
+        refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        a = torch_gd.SGD(params, lr=0.1, momentum=0.9)
+        b = torch.optim.SGD(refs, lr=0.1, momentum=0.9, foreach=False)
+        for step in range(3):
+            _grads(params, step), _grads(refs, step)
+            a.step(), b.step()
+        assert_params_close(params, refs, rtol=0, atol=0)
+        assert opt_state_shapes(a) == opt_state_shapes(b)
+
+
+def opt_state_shapes(opt):
+    return {i: {k: tuple(v.shape) for k, v in s.items()} for i, s in opt.state_dict()["state"].items()}
+
+
+def test_momentum_toggled_by_a_group_edit_follows_torch():
+    ours, theirs = _params(), _params()
+    a = torch_gd.SGD(ours, lr=0.1, momentum=0.0, dampening=0.5)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.0, dampening=0.5, foreach=False)
+    for step, momentum in enumerate([0.0, 0.9, 0.9, 0.0, 0.5]):
+        for o in (a, b):
+            o.param_groups[0]["momentum"] = momentum
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
