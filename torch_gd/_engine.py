@@ -67,6 +67,7 @@ class _Bucket:
 @dataclass
 class _Plan:
     keys: tuple[str, ...]
+    on_device: bool
     buckets: list[_Bucket]
     where: dict[int, tuple[_Bucket, int]]
 
@@ -93,15 +94,23 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
+def scalar_dtype() -> torch.dtype:
+    """torch's dtype for ``step``: float32, or float64 when that is the default dtype."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 class Engine:
     """Plans buckets per param group and runs a spec's rule over them."""
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
+        # Steps taken per param, mirrored on the host so that grouping params by step count
+        # and non-capturable bias corrections never read a device tensor.
         self.counts: dict[Tensor, int] = {}
         self.sparse: set[int] = set()
         self._plans: dict[int, _Plan] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._scratch_views: dict[int, Tensor] = {}
 
     def invalidate(self) -> None:
         """Forget every plan: state is re-read and re-packed at the next step."""
@@ -109,22 +118,22 @@ class Engine:
 
     # ---------------------------------------------------------------- planning
 
-    def _plan(self, gi: int, group: dict, keys: tuple[str, ...], state: dict) -> _Plan:
+    def _plan(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool, state: dict) -> _Plan:
         plan = self._plans.get(gi)
-        if plan is not None and plan.keys == keys:
+        if plan is not None and plan.keys == keys and plan.on_device == on_device:
             return plan
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         if group["foreach"] is not False and not group.get("differentiable", False):
             for p in _distinct(group["params"]):
                 if p.numel() <= PACK_MAX_NUMEL and id(p) not in self.sparse and not p.is_sparse:
                     by_kind[(p.device, p.dtype)].append(p)
-        buckets = [self._pack(ps, keys, state) for ps in by_kind.values()]
+        buckets = [self._pack(ps, keys, on_device, state) for ps in by_kind.values()]
         where = {id(p): (b, i) for b in buckets for i, p in enumerate(b.params)}
-        plan = _Plan(keys, buckets, where)
+        plan = _Plan(keys, on_device, buckets, where)
         self._plans[gi] = plan
         return plan
 
-    def _pack(self, params: list[Tensor], keys: tuple[str, ...], state: dict) -> _Bucket:
+    def _pack(self, params: list[Tensor], keys: tuple[str, ...], on_device: bool, state: dict) -> _Bucket:
         """Allocate a bucket's flat buffers and move any existing state into them."""
         offsets, total = [], 0
         for p in params:
@@ -134,7 +143,9 @@ class Engine:
         make = lambda: torch.zeros(total, dtype=like.dtype, device=like.device)  # noqa: E731
         flat = {k: make() for k in keys}
         pflat, gflat = make(), make()
-        steps = torch.zeros(len(params), dtype=torch.float32) if self.spec.uses_step else None
+        steps = None
+        if self.spec.uses_step:
+            steps = torch.zeros(len(params), dtype=scalar_dtype(), device=like.device if on_device else "cpu")
         segment = lambda buf: [_segment_view(buf, p, o) for p, o in zip(params, offsets)]  # noqa: E731
         per_key = {k: segment(flat[k]) for k in keys}
         views = [{k: per_key[k][i] for k in keys} for i in range(len(params))]
@@ -165,17 +176,22 @@ class Engine:
         hyper: dict[str, Any],
         state: dict,
     ) -> None:
-        """Apply one step of the rule to ``params`` (all with a grad, each listed once)."""
-        split = self._split(self._plan(gi, group, keys, state), params, grads, keys, state)
+        """Apply one step of the rule to ``params`` (all with a grad, each listed once).
+
+        ``step`` lives on the param's device for capturable and fused groups, as in torch.
+        """
+        on_device = bool(group.get("capturable") or group.get("fused"))
+        split = self._split(self._plan(gi, group, keys, on_device, state), params, grads, keys, state)
         if split is None:
             # The packed layout no longer matches the state or the params: re-pack first.
             self._plans.pop(gi, None)
-            split = self._split(self._plan(gi, group, keys, state), params, grads, keys, state)
+            split = self._split(self._plan(gi, group, keys, on_device, state), params, grads, keys, state)
         packed, loose = split
+        kw = dict(hyper, first=False, scratch=None)
         for b, items in packed.items():
-            self._run_bucket(b, items, keys, hyper, state)
+            self._run_bucket(b, items, keys, kw, on_device, state)
         for p, g in loose:
-            self._run_one(p, g, keys, hyper, state)
+            self._run_one(p, g, keys, kw, on_device, state)
 
     def _split(self, plan: _Plan, params, grads, keys, state):
         """Sort params into packed buckets and the per-tensor rest, or None if re-packing is due.
@@ -210,7 +226,7 @@ class Engine:
             packed[b].append((i, p, g, fresh))
         return packed, loose
 
-    def _run_bucket(self, b: _Bucket, items, keys, hyper, state) -> None:
+    def _run_bucket(self, b: _Bucket, items, keys, kw, on_device, state) -> None:
         spec = self.spec
         idx = [i for i, _, _, _ in items]
         torch._foreach_copy_([b.gviews[i] for i in idx], [g for _, _, g, _ in items])
@@ -226,19 +242,16 @@ class Engine:
                 tensors = [b.flat[k][a:z] for k in keys]
                 if fresh:
                     for k, t in zip(keys, tensors):
-                        spec.init(k, t, hyper)
+                        spec.init(k, t, kw)
                 if b.steps is not None:
-                    b.steps[lo:hi].add_(1) if not fresh else b.steps[lo:hi].fill_(1)
+                    if fresh:
+                        b.steps[lo:hi].fill_(1)
+                    else:
+                        b.steps[lo:hi].add_(1)
+                    kw["step"] = b.steps[lo] if on_device else count + 1
                 g = real_view(b.gflat[a:z])
-                spec.rule(
-                    real_view(b.pflat[a:z]),
-                    g,
-                    *(real_view(t) for t in tensors),
-                    first=fresh,
-                    scratch=g,
-                    **self._step_arg(count),
-                    **hyper,
-                )
+                kw["first"], kw["scratch"] = fresh, g
+                spec.rule(real_view(b.pflat[a:z]), g, *(real_view(t) for t in tensors), **kw)
         torch._foreach_copy_([p for _, p, _, _ in items], [b.pviews[i] for i in idx])
         for i, p, _, fresh in items:
             if fresh:
@@ -250,33 +263,31 @@ class Engine:
             if spec.uses_step:
                 self.counts[p] = (0 if fresh else self.counts.get(p, 0)) + 1
 
-    def _run_one(self, p: Tensor, g: Tensor, keys, hyper, state) -> None:
+    def _run_one(self, p: Tensor, g: Tensor, keys, kw, on_device, state) -> None:
         """The per-tensor path: the same rule on one param and its own state tensors."""
         spec = self.spec
-        tensors, fresh, count = [], False, 0
+        tensors: list[Tensor] = []
+        fresh = False
         if keys or spec.uses_step:
             st = state[p]
             fresh = self._fresh(st, keys)
             if fresh:
                 if spec.uses_step:
-                    st["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    st["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
                 for k in keys:
                     st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    spec.init(k, st[k], hyper)
+                    spec.init(k, st[k], kw)
             if spec.uses_step:
                 count = 0 if fresh else self._count(p, st)
                 st["step"] += 1
                 self.counts[p] = count + 1
+                kw["step"] = st["step"] if on_device else count + 1
             tensors = [st[k] for k in keys]
-        spec.rule(
-            real_view(p),
-            g if g.is_sparse else real_view(g),
-            *(t if t.is_sparse else real_view(t) for t in tensors),
-            first=fresh,
-            scratch=self._scratch_for(p),
-            **self._step_arg(count),
-            **hyper,
-        )
+        kw["first"], kw["scratch"] = fresh, self._scratch_for(p)
+        if p.is_complex():
+            p, g = torch.view_as_real(p), g if g.is_sparse else torch.view_as_real(g)
+            tensors = [t if t.is_sparse else torch.view_as_real(t) for t in tensors]
+        spec.rule(p, g, *tensors, **kw)
 
     def _scratch_for(self, p: Tensor) -> Optional[Tensor]:
         """A p-shaped tensor for the rule's temporaries, reused across params and steps.
@@ -285,12 +296,18 @@ class Engine:
         """
         if torch.is_grad_enabled():
             return None
+        view = self._scratch_views.get(id(p))
+        if view is not None and view.shape == p.shape and view.dtype == p.dtype:
+            return view
         key = (p.device, p.dtype)
         buf = self._scratch.get(key)
         if buf is None or buf.numel() < p.numel():
             buf = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
             self._scratch[key] = buf
-        return real_view(_segment_view(buf, p, 0))
+            self._scratch_views.clear()
+        view = real_view(_segment_view(buf, p, 0))
+        self._scratch_views[id(p)] = view
+        return view
 
     def _fresh(self, st: dict, keys: tuple[str, ...]) -> bool:
         """Whether a param has no state yet (torch initialises state at its first step)."""
@@ -303,9 +320,6 @@ class Engine:
             count = int(float(st.get("step", 0)))
             self.counts[p] = count
         return count
-
-    def _step_arg(self, count: int) -> dict[str, int]:
-        return {"step": count + 1} if self.spec.uses_step else {}
 
 
 _EMPTY: dict = {}
