@@ -38,11 +38,19 @@ TOLERANCES = {
 
 
 def tol(dtype: torch.dtype) -> dict:
-    return TOLERANCES[dtype]
+    # NaN where torch has NaN is agreement (fp16 Adam: eps=1e-8 underflows, 0/0 on zero grads).
+    return {**TOLERANCES[dtype], "equal_nan": True}
 
 
 def clone_kwargs(kwargs: dict) -> dict:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)) for k, v in kwargs.items()}
+    """Fresh copies of tensor hyperparameters, so two optimizers never share one."""
+    def clone(v):
+        if isinstance(v, torch.Tensor):
+            return v.clone()
+        if isinstance(v, tuple):
+            return tuple(clone(x) for x in v)
+        return copy.copy(v)
+    return {k: clone(v) for k, v in kwargs.items()}
 
 
 def assert_state_close(ours: torch.optim.Optimizer, theirs: torch.optim.Optimizer, **tol) -> None:

@@ -35,6 +35,45 @@ def sgd_step(
     return p - lr * g, state
 
 
+def adam_step(
+    p: Tensor,
+    g: Tensor,
+    state: dict,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+    **_: object,
+) -> tuple[Tensor, dict]:
+    """Adam (Kingma & Ba, Algorithm 1) with L2 or decoupled (Loshchilov & Hutter) weight decay
+    and AMSGrad (Reddi et al.), as torch documents it:
+    m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ), p ← p − η·m̂/(√v̂ + ε)."""
+    beta1, beta2 = betas
+    g = -g if maximize else g
+    if decoupled_weight_decay:
+        p = p * (1 - lr * weight_decay)
+    else:
+        g = g + weight_decay * p
+    zero = torch.zeros_like(p)
+    t = state.get("step", 0) + 1
+    m = beta1 * state.get("exp_avg", zero) + (1 - beta1) * g
+    v = beta2 * state.get("exp_avg_sq", zero) + (1 - beta2) * g * g
+    new = {"step": t, "exp_avg": m, "exp_avg_sq": v}
+    if amsgrad:
+        v = torch.maximum(state.get("max_exp_avg_sq", zero), v)
+        new["max_exp_avg_sq"] = v
+    m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+    return p - lr * m_hat / (v_hat.sqrt() + eps), new
+
+
+def adamw_step(p: Tensor, g: Tensor, state: dict, **kw) -> tuple[Tensor, dict]:
+    return adam_step(p, g, state, **{"weight_decay": 1e-2, **kw, "decoupled_weight_decay": True})
+
+
 # ---------------------------------------------------------------- closed forms
 
 
@@ -54,6 +93,12 @@ def heavy_ball_constant_gradient(
     """
     s = (1 - momentum**t) / (1 - momentum)
     return p0 - lr * g * (s + (1 - dampening) * (t - s) / (1 - momentum))
+
+
+def adam_constant_gradient(p0: Tensor, g: Tensor, lr: float, eps: float, t: int) -> Tensor:
+    """Adam with a constant gradient: m̂ = g and v̂ = g² at every step, so each step moves each
+    coordinate by exactly η·g/(|g| + ε) and p_t = p₀ − t·η·g/(|g| + ε)."""
+    return p0 - t * lr * g / (g.abs() + eps)
 
 
 def sgd_quadratic_bowl(p0: Tensor, curvature: float, lr: float, t: int) -> Tensor:

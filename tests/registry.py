@@ -31,6 +31,8 @@ class Case:
     our_errors: list[tuple[dict, type, str]] = field(default_factory=list)
     # A representative configuration for the non-property tests.
     typical: dict = field(default_factory=dict)
+    # Options only torch_gd has (e.g. capturable on the CPU), drawn on top of ``kwargs``.
+    ours_only: st.SearchStrategy = st.just({})
 
     def __repr__(self) -> str:
         return self.name
@@ -56,6 +58,57 @@ def _sgd_kwargs(draw) -> dict:
         kw["lr"] = torch.tensor(kw["lr"])
     return kw
 
+
+def _betas(draw, pairs) -> tuple:
+    b1, b2 = draw(st.sampled_from(pairs))
+    return (torch.tensor(b1), torch.tensor(b2)) if draw(st.booleans()) else (b1, b2)
+
+
+@st.composite
+def _adam_kwargs(draw, decoupled: bool) -> dict:
+    kw = dict(
+        lr=draw(_lr),
+        betas=_betas(draw, [(0.9, 0.999), (0.5, 0.9), (0.0, 0.99), (0.95, 0.0)]),
+        eps=draw(st.sampled_from([1e-8, 1e-3])),
+        weight_decay=draw(st.sampled_from([0.0, 1e-2, 0.1])),
+        amsgrad=draw(st.booleans()),
+        maximize=draw(st.booleans()),
+    )
+    if not decoupled:
+        kw["decoupled_weight_decay"] = draw(st.booleans())
+    if draw(st.booleans()):
+        kw["lr"] = torch.tensor(kw["lr"])
+    return kw
+
+
+_capturable = st.sampled_from([{}, {"capturable": True}])
+
+_ADAM_TORCH_ERRORS = [
+    dict(lr=-1e-3),
+    dict(lr=float("nan")),
+    dict(lr=torch.tensor([0.1, 0.2])),
+    dict(eps=-1.0),
+    dict(betas=(1.0, 0.999)),
+    dict(betas=(0.9, -0.1)),
+    dict(betas=(0.9, float("nan"))),
+    dict(weight_decay=-0.1),
+    dict(betas=(torch.tensor(0.9), 0.999)),
+    dict(betas=(0, 0.999)),
+    dict(fused=True, differentiable=True),
+]
+_ADAM_OUR_ERRORS = [
+    (dict(lr="1e-3"), TypeError, "lr"),
+    (dict(lr=float("inf")), ValueError, "lr"),
+    (dict(betas=(0.9,)), TypeError, "betas"),
+    (dict(betas=0.9), TypeError, "betas"),
+    (dict(betas=("0.9", 0.999)), TypeError, "betas"),
+    (dict(betas=(torch.tensor([0.9, 0.8]), torch.tensor(0.9))), ValueError, "betas"),
+    (dict(eps=float("nan")), ValueError, "eps"),
+    (dict(eps=float("inf")), ValueError, "eps"),
+    (dict(weight_decay=float("inf")), ValueError, "weight_decay"),
+    (dict(amsgrad="yes"), TypeError, "amsgrad"),
+    (dict(capturable=1), TypeError, "capturable"),
+]
 
 CASES = [
     Case(
@@ -93,5 +146,29 @@ CASES = [
             (dict(foreach="no"), TypeError, "foreach"),
         ],
         typical=dict(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    ),
+    Case(
+        name="Adam",
+        ours=torch_gd.Adam,
+        theirs=torch.optim.Adam,
+        reference=reference.adam_step,
+        kwargs=_adam_kwargs(decoupled=False),
+        sparse=False,
+        torch_errors=_ADAM_TORCH_ERRORS,
+        our_errors=_ADAM_OUR_ERRORS,
+        typical=dict(lr=1e-2, weight_decay=1e-3, amsgrad=True),
+        ours_only=_capturable,
+    ),
+    Case(
+        name="AdamW",
+        ours=torch_gd.AdamW,
+        theirs=torch.optim.AdamW,
+        reference=reference.adamw_step,
+        kwargs=_adam_kwargs(decoupled=True),
+        sparse=False,
+        torch_errors=_ADAM_TORCH_ERRORS,
+        our_errors=_ADAM_OUR_ERRORS,
+        typical=dict(lr=1e-2),
+        ours_only=_capturable,
     ),
 ]

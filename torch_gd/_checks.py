@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -28,11 +28,13 @@ def real(
     high_open: bool = False,
     tensor_ok: bool = True,
     torch_message: Optional[str] = None,
+    torch_rejects: Callable[[float], bool] = lambda x: x < 0,
 ) -> None:
     """Check a real hyperparameter lies in its range.
 
-    ``torch_message`` is torch's own message for the out-of-range case it checks itself
-    (``value < low``); the other failures get a message naming the range.
+    Where ``torch_rejects(value)`` (torch's own comparison, e.g. ``not 0 <= x``, which also
+    catches NaN) we raise torch's ``torch_message``; the other failures get a message naming
+    the allowed range.
     """
     allowed = _range_text(low, high, low_open, high_open)
     if isinstance(value, Tensor):
@@ -52,9 +54,9 @@ def real(
             f"{name} must be a real number{' or a 1-element Tensor' if tensor_ok else ''}, "
             f"got {type(value).__name__}: {value!r}"
         )
-    below = number <= low if low_open else number < low
-    if below and torch_message is not None:
+    if torch_message is not None and torch_rejects(number):
         raise ValueError(torch_message)
+    below = number <= low if low_open else number < low
     above = number >= high if high_open else number > high
     if math.isnan(number) or math.isinf(number) or below or above:
         raise ValueError(f"Invalid {name} value: {value} ({name} must be in {allowed})")
@@ -67,6 +69,12 @@ def flag(name: str, value: Any, *, optional: bool = False) -> None:
     if not isinstance(value, bool):
         expected = "a bool or None" if optional else "a bool"
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}: {value!r}")
+
+
+def pair(name: str, value: Any) -> None:
+    """Check ``value`` is a 2-sequence (torch indexes it blindly: ``betas=(0.9,)`` IndexErrors)."""
+    if isinstance(value, (str, bytes, Tensor)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (tuple of 2 numbers), got {value!r}")
 
 
 def implementation(defaults: dict) -> None:

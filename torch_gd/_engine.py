@@ -187,7 +187,8 @@ class Engine:
             self._plans.pop(gi, None)
             split = self._split(self._plan(gi, group, keys, on_device, state), params, grads, keys, state)
         packed, loose = split
-        kw = dict(hyper, first=False, scratch=None)
+        kw = {k: _f64(v) for k, v in hyper.items()}
+        kw.update(first=False, scratch=None)
         for b, items in packed.items():
             self._run_bucket(b, items, keys, kw, on_device, state)
         for p, g in loose:
@@ -271,10 +272,10 @@ class Engine:
         if keys or spec.uses_step:
             st = state[p]
             fresh = self._fresh(st, keys)
-            if fresh:
-                if spec.uses_step:
-                    st["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
-                for k in keys:
+            if fresh and spec.uses_step:
+                st["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
+            for k in keys:
+                if st.get(k) is None:  # fresh, or an option switched on since (amsgrad)
                     st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     spec.init(k, st[k], kw)
             if spec.uses_step:
@@ -323,6 +324,14 @@ class Engine:
 
 
 _EMPTY: dict = {}
+
+
+def _f64(v: Any) -> Any:
+    """Tensor hyperparameters enter the rule as float64, so the coefficients derived from them
+    (1 − η·λ, η/(1 − β₁ᵗ), ...) are float64 too, and are cast once, by the op that uses them."""
+    if isinstance(v, Tensor) and v.is_floating_point() and v.dtype != torch.float64:
+        return v.to(torch.float64)
+    return v
 
 
 def _distinct(params: list[Tensor]) -> list[Tensor]:

@@ -87,3 +87,50 @@ def _as_0dim(a: Tensor) -> Tensor:
 def real_view(t: Optional[Tensor]) -> Optional[Tensor]:
     """Complex tensors are updated as their real pairs: every rule is elementwise over reals."""
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
+
+
+def complement(beta: Scalar, like: Tensor) -> Scalar:
+    """``1 − β``. A tensor β is first cast to ``like``'s dtype, as torch's Adam does for its
+    moment weights: in bf16 that rounding moves 1 − 0.95 by 1.5%, and we match torch."""
+    return 1 - (beta.to(like.dtype) if isinstance(beta, Tensor) else beta)
+
+
+def lerp_(x: Tensor, y: Tensor, w: Scalar) -> Tensor:
+    """``x ← x + w·(y − x)`` in place."""
+    return x.lerp_(y, _as_0dim(w) if isinstance(w, Tensor) else w)
+
+
+def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Scalar) -> Tensor:
+    """``x ← x + a·y·z`` in place."""
+    if isinstance(a, Tensor):
+        return x.addcmul_(y, z * _as_0dim(a))
+    return x.addcmul_(y, z, value=a)
+
+
+def add_ratio_(x: Tensor, num: Tensor, den: Tensor, a: Scalar) -> Tensor:
+    """``x ← x + a·num/den`` in place; ``den`` is a temporary and may be overwritten."""
+    if isinstance(a, Tensor):
+        return x.addcdiv_(num, den.div_(_as_0dim(a)))
+    return x.addcdiv_(num, den, value=a)
+
+
+def maximum_(acc: Tensor, x: Tensor) -> Tensor:
+    """``acc ← max(acc, x)`` elementwise, in place (NaN propagates, as in torch)."""
+    return torch.maximum(acc, x, out=acc)
+
+
+def sqrt(x: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``√x``."""
+    return x.sqrt() if out is None else torch.sqrt(x, out=out)
+
+
+def bias_correction(beta: Scalar, step: Scalar) -> Scalar:
+    """``1 − βᵗ`` in float64: a Python float, or a float64 0-dim tensor when β or t is a tensor
+    (capturable steps, tensor betas), so that no path reads a device value."""
+    if isinstance(beta, Tensor) or isinstance(step, Tensor):
+        return 1 - torch.pow(_f64(beta), _f64(step))
+    return 1 - beta**step
+
+
+def _f64(x: Scalar) -> Scalar:
+    return _as_0dim(x).to(torch.float64) if isinstance(x, Tensor) else x

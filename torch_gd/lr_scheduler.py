@@ -93,14 +93,14 @@ def _check_real(
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}: {value!r}")
     above_low = number > low if low_open else number >= low
     if not (above_low and number <= high):  # also rejects nan
-        bracket = "(" if low_open else "["
-        raise ValueError(f"Invalid {name} value: {value!r} ({name} must be in {bracket}{low}, {high}])")
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high == math.inf else ']'}"
+        raise ValueError(f"Invalid {name} value: {value!r} ({name} must be in {interval})")
 
 
-def _check_reals(name: str, value: Any, low: float = 0.0, high: float = math.inf) -> None:
-    """A real, or one per param group."""
+def _check_reals(name: str, value: Any) -> None:
+    """A real >= 0, or one per param group."""
     for v in value if isinstance(value, (list, tuple)) else [value]:
-        _check_real(name, v, low, high)
+        _check_real(name, v)
 
 
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
@@ -405,8 +405,8 @@ class OneCycleLR(_torch.OneCycleLR):
         _check_int("last_epoch", last_epoch, -1)
         if cycle_momentum:
             _check_momentum_support(optimizer)
-            _check_reals("base_momentum", base_momentum, high=1.0)
-            _check_reals("max_momentum", max_momentum, high=1.0)
+            _check_reals("base_momentum", base_momentum)
+            _check_reals("max_momentum", max_momentum)
         self.pct_start = pct_start
         self.three_phase = three_phase
         # torch's constructor would rebind betas/momentum to floats; it gets cycle_momentum=False
@@ -489,8 +489,8 @@ class CyclicLR(_torch.CyclicLR):
         _check_int("last_epoch", last_epoch, -1)
         if cycle_momentum:
             _check_momentum_support(optimizer)
-            _check_reals("base_momentum", base_momentum, high=1.0)
-            _check_reals("max_momentum", max_momentum, high=1.0)
+            _check_reals("base_momentum", base_momentum)
+            _check_reals("max_momentum", max_momentum)
         # As in OneCycleLR: torch's constructor would rebind betas/momentum to floats.
         super().__init__(
             optimizer, base_lr, max_lr, step_size_up, step_size_down, mode, gamma, scale_fn,

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _use_grad_for_differentiable
 
-from ._engine import Engine, Spec
+from ._engine import Engine, Spec, scalar_dtype
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -54,6 +54,18 @@ class Optimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         # State tensors were replaced (load_state_dict, unpickling, deepcopy): re-pack them.
         self._engine = Engine(self._spec)
+        if self._spec.uses_step:
+            self._steps_as_tensors()
+
+    def _steps_as_tensors(self) -> None:
+        """Old checkpoints store ``step`` as a Python number; torch converts it, and so do we."""
+        for group in self.param_groups:
+            on_device = group.get("capturable") or group.get("fused")
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not torch.is_tensor(st["step"]):
+                    device = p.device if on_device else "cpu"
+                    st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype(), device=device)
 
     @_use_grad_for_differentiable
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:

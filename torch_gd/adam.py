@@ -1,0 +1,199 @@
+"""Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019), with AMSGrad."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from torch import Tensor
+
+from . import _checks
+from ._engine import Spec
+from ._ops import (
+    Scalar,
+    add_ratio_,
+    add_scaled,
+    addcmul_,
+    bias_correction,
+    complement,
+    enabled,
+    lerp_,
+    maximum_,
+    neg,
+    scale_,
+    sqrt,
+)
+from .optimizer import Optimizer
+
+
+def adam(
+    p: Tensor,
+    g: Tensor,
+    m: Tensor,
+    v: Tensor,
+    v_max: Optional[Tensor] = None,
+    *,
+    first: bool,
+    step: Scalar,
+    lr: Scalar,
+    beta1: Scalar,
+    beta2: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
+    decoupled: bool,
+    amsgrad: bool,
+    maximize: bool,
+    scratch: Optional[Tensor] = None,
+) -> None:
+    """One Adam step at step count t, in place on ``p`` and the moments ``m``, ``v`` (``v_max``)::
+
+        g ← −g                          if maximize
+        p ← p·(1 − η·λ)                 if decoupled weight decay (AdamW)
+        g ← g + λ·p                     if L2 weight decay
+        m ← m + (1 − β₁)·(g − m)
+        v ← β₂·v + (1 − β₂)·g²
+        v_max ← max(v_max, v)           if amsgrad, and v_max replaces v below
+        p ← p − η/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+
+    The bias corrections are float64. Temporaries go to ``scratch`` when the engine gives one.
+    """
+    if maximize:
+        g = neg(g, out=scratch)
+    if enabled(weight_decay):
+        if decoupled:
+            scale_(p, 1 - lr * weight_decay)
+        else:
+            g = add_scaled(g, p, weight_decay, out=scratch)
+    lerp_(m, g, complement(beta1, m))
+    addcmul_(scale_(v, beta2), g, g, 1 - beta2)
+    if amsgrad:
+        v = maximum_(v_max, v)
+    step_size = lr / bias_correction(beta1, step)
+    denom = sqrt(v, out=scratch).div_(bias_correction(beta2, step) ** 0.5).add_(eps)
+    add_ratio_(p, m, denom, -step_size)
+
+
+class Adam(Optimizer):
+    __doc__ = """Adam, a drop-in for ``torch.optim.Adam`` (torch 2.14.1's signature, defaults,
+    errors and state: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``).
+    ``capturable=True`` also works on the CPU, and tensor ``lr``/``betas`` work on every path.
+    """ + (adam.__doc__ or "")
+
+    _spec = Spec(rule=adam, uses_step=True)
+    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Union[float, Tensor] = 1e-3,
+        betas: tuple[Union[float, Tensor], Union[float, Tensor]] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        self._check_group(defaults)
+        defaults["betas"] = tuple(_squeeze(b) for b in betas)
+        _checks.implementation(defaults)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        lr, eps, betas, wd = group["lr"], group["eps"], group["betas"], group["weight_decay"]
+        outside = lambda x: not 0.0 <= x  # noqa: E731  (torch's test: NaN fails it too)
+        _checks.real("lr", lr, torch_message=f"Invalid learning rate: {lr}", torch_rejects=outside)
+        _checks.real("eps", eps, torch_message=f"Invalid epsilon value: {eps}", torch_rejects=outside)
+        _checks.pair("betas", betas)
+        for i, beta in enumerate(betas):
+            _checks.real(
+                f"betas[{i}]", beta, high=1.0, high_open=True,
+                torch_message=f"Invalid beta parameter at index {i}: {beta}",
+                torch_rejects=lambda x: not 0.0 <= x < 1.0,
+            )
+        _checks.real("weight_decay", wd, torch_message=f"Invalid weight_decay value: {wd}", torch_rejects=outside)
+        if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, Tensor) for b in betas)):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for name in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay"):
+            _checks.flag(name, group[name])
+        for name in ("foreach", "fused"):
+            _checks.flag(name, group[name], optional=True)
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "decoupled": group["decoupled_weight_decay"],
+            "amsgrad": group["amsgrad"],
+            "maximize": group["maximize"],
+        }
+
+
+class AdamW(Adam):
+    __doc__ = """AdamW, a drop-in for ``torch.optim.AdamW``: Adam with decoupled weight decay,
+    always on (also after ``load_state_dict``). See :class:`Adam` for the update."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Union[float, Tensor] = 1e-3,
+        betas: tuple[Union[float, Tensor], Union[float, Tensor]] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
+
+def _squeeze(x: Any) -> Any:
+    """torch stores 1-element tensor betas as 0-dim tensors."""
+    return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 else x
