@@ -34,15 +34,16 @@ PACK_MAX_NUMEL = 1 << 15
 class Spec:
     """What the engine needs to know about an optimizer's rule.
 
-    ``rule(p, g, *state_tensors, first=..., step=..., **hyper)`` updates ``p`` and the state
-    tensors (named by the optimizer's ``_state_keys(group)``, in torch's order) in place.
-    ``uses_step`` keeps torch's 0-dim float32 ``step`` tensor per param and passes the step
-    count to the rule. ``init`` fills a state tensor before its param's first step.
+    ``rule(p, g, first=..., step=..., scratch=..., **state, **hyper)`` updates ``p`` and the
+    state tensors in place; the state tensors are passed by their torch key names (the
+    optimizer's ``_state_keys(group)``), as real views for complex params. ``uses_step`` keeps
+    torch's 0-dim ``step`` tensor per param and passes the step count to the rule. ``init``
+    fills a state tensor (a real view) before its param's first step.
     """
 
     rule: Callable[..., None]
     uses_step: bool = False
-    init: Callable[[str, Tensor, dict], None] = lambda key, t, hyper: t.zero_()
+    init: Callable[[str, Tensor, dict], Any] = lambda key, t, group: t.zero_()
 
 
 @dataclass(eq=False)
@@ -190,9 +191,9 @@ class Engine:
         kw = {k: _f64(v) for k, v in hyper.items()}
         kw.update(first=False, scratch=None)
         for b, items in packed.items():
-            self._run_bucket(b, items, keys, kw, on_device, state)
+            self._run_bucket(b, items, keys, kw, group, on_device, state)
         for p, g in loose:
-            self._run_one(p, g, keys, kw, on_device, state)
+            self._run_one(p, g, keys, kw, group, on_device, state)
 
     def _split(self, plan: _Plan, params, grads, keys, state):
         """Sort params into packed buckets and the per-tensor rest, or None if re-packing is due.
@@ -227,7 +228,7 @@ class Engine:
             packed[b].append((i, p, g, fresh))
         return packed, loose
 
-    def _run_bucket(self, b: _Bucket, items, keys, kw, on_device, state) -> None:
+    def _run_bucket(self, b: _Bucket, items, keys, kw, group, on_device, state) -> None:
         spec = self.spec
         idx = [i for i, _, _, _ in items]
         torch._foreach_copy_([b.gviews[i] for i in idx], [g for _, _, g, _ in items])
@@ -240,10 +241,10 @@ class Engine:
         for (fresh, count), members in classes.items():
             for lo, hi in _runs(members):
                 a, z = b.offsets[lo], b.offsets[hi]
-                tensors = [b.flat[k][a:z] for k in keys]
+                tensors = [real_view(b.flat[k][a:z]) for k in keys]
                 if fresh:
                     for k, t in zip(keys, tensors):
-                        spec.init(k, t, kw)
+                        spec.init(k, t, group)
                 if b.steps is not None:
                     if fresh:
                         b.steps[lo:hi].fill_(1)
@@ -252,7 +253,8 @@ class Engine:
                     kw["step"] = b.steps[lo] if on_device else count + 1
                 g = real_view(b.gflat[a:z])
                 kw["first"], kw["scratch"] = fresh, g
-                spec.rule(real_view(b.pflat[a:z]), g, *(real_view(t) for t in tensors), **kw)
+                kw.update(zip(keys, tensors))
+                spec.rule(real_view(b.pflat[a:z]), g, **kw)
         torch._foreach_copy_([p for _, p, _, _ in items], [b.pviews[i] for i in idx])
         for i, p, _, fresh in items:
             if fresh:
@@ -264,7 +266,7 @@ class Engine:
             if spec.uses_step:
                 self.counts[p] = (0 if fresh else self.counts.get(p, 0)) + 1
 
-    def _run_one(self, p: Tensor, g: Tensor, keys, kw, on_device, state) -> None:
+    def _run_one(self, p: Tensor, g: Tensor, keys, kw, group, on_device, state) -> None:
         """The per-tensor path: the same rule on one param and its own state tensors."""
         spec = self.spec
         tensors: list[Tensor] = []
@@ -277,7 +279,7 @@ class Engine:
             for k in keys:
                 if st.get(k) is None:  # fresh, or an option switched on since (amsgrad)
                     st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    spec.init(k, st[k], kw)
+                    spec.init(k, real_view(st[k]), group)
             if spec.uses_step:
                 count = 0 if fresh else self._count(p, st)
                 st["step"] += 1
@@ -288,7 +290,8 @@ class Engine:
         if p.is_complex():
             p, g = torch.view_as_real(p), g if g.is_sparse else torch.view_as_real(g)
             tensors = [t if t.is_sparse else torch.view_as_real(t) for t in tensors]
-        spec.rule(p, g, *tensors, **kw)
+        kw.update(zip(keys, tensors))
+        spec.rule(p, g, **kw)
 
     def _scratch_for(self, p: Tensor) -> Optional[Tensor]:
         """A p-shaped tensor for the rule's temporaries, reused across params and steps.

@@ -28,10 +28,10 @@ from .optimizer import Optimizer
 def adam(
     p: Tensor,
     g: Tensor,
-    m: Tensor,
-    v: Tensor,
-    v_max: Optional[Tensor] = None,
     *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Optional[Tensor] = None,
     first: bool,
     step: Scalar,
     lr: Scalar,
@@ -44,7 +44,8 @@ def adam(
     maximize: bool,
     scratch: Optional[Tensor] = None,
 ) -> None:
-    """One Adam step at step count t, in place on ``p`` and the moments ``m``, ``v`` (``v_max``)::
+    """One Adam step at step count t, in place on ``p`` and the moments m (``exp_avg``),
+    v (``exp_avg_sq``) and v_max (``max_exp_avg_sq``)::
 
         g ← −g                          if maximize
         p ← p·(1 − η·λ)                 if decoupled weight decay (AdamW)
@@ -56,6 +57,7 @@ def adam(
 
     The bias corrections are float64. Temporaries go to ``scratch`` when the engine gives one.
     """
+    m, v = exp_avg, exp_avg_sq
     if maximize:
         g = neg(g, out=scratch)
     if enabled(weight_decay):
@@ -66,7 +68,7 @@ def adam(
     lerp_(m, g, complement(beta1, m))
     addcmul_(scale_(v, beta2), g, g, 1 - beta2)
     if amsgrad:
-        v = maximum_(v_max, v)
+        v = maximum_(max_exp_avg_sq, v)
     step_size = lr / bias_correction(beta1, step)
     denom = sqrt(v, out=scratch).div_(bias_correction(beta2, step) ** 0.5).add_(eps)
     add_ratio_(p, m, denom, -step_size)
@@ -79,7 +81,6 @@ class Adam(Optimizer):
     """ + (adam.__doc__ or "")
 
     _spec = Spec(rule=adam, uses_step=True)
-    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
     def __init__(
         self,
@@ -145,6 +146,9 @@ class Adam(Optimizer):
             _checks.flag(name, group[name])
         for name in ("foreach", "fused"):
             _checks.flag(name, group[name], optional=True)
+
+    def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
+        return "Adam does not support sparse gradients, please consider SparseAdam instead"
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")

@@ -21,8 +21,6 @@ class Optimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose step runs one update rule through the shared engine."""
 
     _spec: Spec
-    # torch's message when a sparse grad reaches an optimizer that cannot use one.
-    _sparse_error: Optional[str] = None
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self._engine = Engine(self._spec)
@@ -40,6 +38,10 @@ class Optimizer(torch.optim.Optimizer):
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments the rule reads from ``group``."""
         raise NotImplementedError
+
+    def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
+        """torch's message when a sparse grad reaches this group and cannot be used, else None."""
+        return None
 
     # -------------------------------------------------------------- torch.optim contract
 
@@ -98,12 +100,15 @@ class Optimizer(torch.optim.Optimizer):
         params: list[Tensor] = []
         grads: list[Tensor] = []
         seen: set[int] = set()
+        sparse = False
         for p in group["params"]:
             g = p.grad
             if g is not None and id(p) not in seen:
                 seen.add(id(p))
-                if g.is_sparse and self._sparse_error is not None:
-                    raise RuntimeError(self._sparse_error)
+                sparse = sparse or g.is_sparse
                 params.append(p)
                 grads.append(g)
+        error = self._sparse_error(group) if sparse else None
+        if error is not None:
+            raise RuntimeError(error)
         return params, grads

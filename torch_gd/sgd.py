@@ -15,8 +15,8 @@ from .optimizer import Optimizer
 def sgd(
     p: Tensor,
     g: Tensor,
-    b: Optional[Tensor] = None,
     *,
+    momentum_buffer: Optional[Tensor] = None,
     first: bool,
     lr: Scalar,
     momentum: Scalar,
@@ -26,7 +26,7 @@ def sgd(
     maximize: bool,
     scratch: Optional[Tensor] = None,
 ) -> None:
-    """One SGD step, in place on ``p`` and the momentum buffer ``b``::
+    """One SGD step, in place on ``p`` and the momentum buffer ``b`` (``momentum_buffer``)::
 
         g ← −g                      if maximize
         g ← g + λ·p                 if λ ≠ 0
@@ -40,7 +40,7 @@ def sgd(
         g = neg(g, out=scratch)
     if enabled(weight_decay):
         g = add_scaled(g, p, weight_decay, out=scratch)
-    d = g
+    d, b = g, momentum_buffer
     if b is not None:
         if first:
             assign_(b, g.detach())
