@@ -74,6 +74,62 @@ def adamw_step(p: Tensor, g: Tensor, state: dict, **kw) -> tuple[Tensor, dict]:
     return adam_step(p, g, state, **{"weight_decay": 1e-2, **kw, "decoupled_weight_decay": True})
 
 
+def adagrad_step(
+    p: Tensor,
+    g: Tensor,
+    state: dict,
+    *,
+    lr: float = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    maximize: bool = False,
+    **_: object,
+) -> tuple[Tensor, dict]:
+    """Adagrad (Duchi et al.) with torch's decayed rate η_t = η/(1 + (t−1)·δ):
+    s ← s + g², p ← p − η_t·g/(√s + ε)."""
+    g = -g if maximize else g
+    g = g + weight_decay * p
+    t = state.get("step", 0) + 1
+    s = state.get("sum", torch.full_like(p, initial_accumulator_value)) + g * g
+    return p - lr / (1 + (t - 1) * lr_decay) * g / (s.sqrt() + eps), {"step": t, "sum": s}
+
+
+def rmsprop_step(
+    p: Tensor,
+    g: Tensor,
+    state: dict,
+    *,
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+    **_: object,
+) -> tuple[Tensor, dict]:
+    """RMSprop (Hinton, lecture 6e), centered variant (Graves 2013) and momentum as torch
+    documents: v ← αv + (1−α)g², σ = √(v − ḡ²) or √v, b ← μb + g/(σ+ε), p ← p − ηb."""
+    g = -g if maximize else g
+    g = g + weight_decay * p
+    zero = torch.zeros_like(p)
+    v = alpha * state.get("square_avg", zero) + (1 - alpha) * g * g
+    new = {"step": state.get("step", 0) + 1, "square_avg": v}
+    if centered:
+        gbar = alpha * state.get("grad_avg", zero) + (1 - alpha) * g
+        new["grad_avg"] = gbar
+        sigma = (v - gbar * gbar).sqrt()
+    else:
+        sigma = v.sqrt()
+    if momentum > 0:
+        b = momentum * state.get("momentum_buffer", zero) + g / (sigma + eps)
+        new["momentum_buffer"] = b
+        return p - lr * b, new
+    return p - lr * g / (sigma + eps), new
+
+
 # ---------------------------------------------------------------- closed forms
 
 

@@ -110,6 +110,37 @@ _ADAM_OUR_ERRORS = [
     (dict(capturable=1), TypeError, "capturable"),
 ]
 
+@st.composite
+def _adagrad_kwargs(draw) -> dict:
+    kw = dict(
+        lr=draw(_lr),
+        lr_decay=draw(st.sampled_from([0.0, 0.01, 0.5])),
+        weight_decay=draw(st.sampled_from([0.0, 1e-2])),
+        initial_accumulator_value=draw(st.sampled_from([0.0, 0.1, 1.0])),
+        eps=draw(st.sampled_from([1e-10, 1e-3])),
+        maximize=draw(st.booleans()),
+    )
+    if draw(st.booleans()):
+        kw["lr"] = torch.tensor(kw["lr"])
+    return kw
+
+
+@st.composite
+def _rmsprop_kwargs(draw) -> dict:
+    kw = dict(
+        lr=draw(st.sampled_from([1e-3, 0.01])),
+        alpha=draw(st.sampled_from([0.99, 0.9, 0.0])),
+        eps=draw(st.sampled_from([1e-8, 1e-3])),
+        weight_decay=draw(st.sampled_from([0.0, 1e-2])),
+        momentum=draw(st.sampled_from([0.0, 0.9])),
+        centered=draw(st.booleans()),
+        maximize=draw(st.booleans()),
+    )
+    if draw(st.booleans()):
+        kw["lr"] = torch.tensor(kw["lr"])
+    return kw
+
+
 CASES = [
     Case(
         name="SGD",
@@ -169,6 +200,60 @@ CASES = [
         torch_errors=_ADAM_TORCH_ERRORS,
         our_errors=_ADAM_OUR_ERRORS,
         typical=dict(lr=1e-2),
+        ours_only=_capturable,
+    ),
+    Case(
+        name="Adagrad",
+        ours=torch_gd.Adagrad,
+        theirs=torch.optim.Adagrad,
+        reference=reference.adagrad_step,
+        kwargs=_adagrad_kwargs(),
+        sparse=True,
+        torch_errors=[
+            dict(lr=-1.0),
+            dict(lr=float("nan")),
+            dict(lr=torch.tensor([0.1, 0.2])),
+            dict(lr_decay=-1.0),
+            dict(weight_decay=-1.0),
+            dict(initial_accumulator_value=-1.0),
+            dict(eps=-1.0),
+            dict(fused=True, differentiable=True),
+            dict(fused=True, foreach=True),
+        ],
+        our_errors=[
+            (dict(lr="0.1"), TypeError, "lr"),
+            (dict(lr=float("inf")), ValueError, "lr"),
+            (dict(lr_decay=float("inf")), ValueError, "lr_decay"),
+            (dict(eps=float("inf")), ValueError, "eps"),
+            (dict(initial_accumulator_value=None), TypeError, "initial_accumulator_value"),
+            (dict(maximize="no"), TypeError, "maximize"),
+        ],
+        typical=dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+    ),
+    Case(
+        name="RMSprop",
+        ours=torch_gd.RMSprop,
+        theirs=torch.optim.RMSprop,
+        reference=reference.rmsprop_step,
+        kwargs=_rmsprop_kwargs(),
+        sparse=False,
+        torch_errors=[
+            dict(lr=-1.0),
+            dict(lr=float("nan")),
+            dict(lr=torch.tensor([0.1, 0.2])),
+            dict(eps=-1.0),
+            dict(momentum=-0.5),
+            dict(weight_decay=-1.0),
+            dict(alpha=-0.1),
+        ],
+        our_errors=[
+            (dict(lr="0.1"), TypeError, "lr"),
+            (dict(alpha=1.5), ValueError, "alpha"),
+            (dict(alpha=float("inf")), ValueError, "alpha"),
+            (dict(momentum=float("nan")), ValueError, "momentum"),
+            (dict(centered=1), TypeError, "centered"),
+        ],
+        typical=dict(lr=0.01, momentum=0.9, centered=True, weight_decay=1e-3),
         ours_only=_capturable,
     ),
 ]

@@ -1,0 +1,156 @@
+"""Adagrad (Duchi, Hazan & Singer 2011), with torch's learning-rate decay."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import _checks
+from ._engine import Spec, scalar_dtype
+from ._ops import Scalar, add_ratio_, add_scaled, addcmul_, enabled, neg, real_view, sub_scaled_
+from .optimizer import Optimizer
+
+
+def adagrad(
+    p: Tensor,
+    g: Tensor,
+    *,
+    sum: Tensor,
+    first: bool,
+    step: Scalar,
+    lr: Scalar,
+    lr_decay: Scalar,
+    weight_decay: Scalar,
+    eps: Scalar,
+    maximize: bool,
+    scratch: Optional[Tensor] = None,
+) -> None:
+    """One Adagrad step at step count t, in place on ``p`` and the accumulator s (``sum``)::
+
+        g ← −g                       if maximize
+        g ← g + λ·p                  if λ ≠ 0
+        η_t = η / (1 + (t − 1)·δ)
+        s ← s + g²
+        p ← p − η_t · g / (√s + ε)
+
+    A sparse g updates only the entries it touches (its indices coalesced first).
+    """
+    s = sum
+    if maximize:
+        g = neg(g, out=scratch)
+    if enabled(weight_decay):
+        g = add_scaled(g, p, weight_decay, out=scratch)
+    clr = lr / (1 + (step - 1) * lr_decay)
+    if g.is_sparse:
+        _sparse_adagrad(p, g, s, clr, eps)
+        return
+    addcmul_(s, g, g, 1)
+    add_ratio_(p, g, s.sqrt().add_(eps), -clr)
+
+
+def _sparse_adagrad(p: Tensor, g: Tensor, s: Tensor, clr: Scalar, eps: Scalar) -> None:
+    # The update is not linear in g, so repeated indices must be summed first.
+    g = g.coalesce()
+    indices, values = g._indices(), g._values()
+    s.add_(torch.sparse_coo_tensor(indices, values.pow(2), g.shape))
+    std = s.sparse_mask(g)._values().sqrt_().add_(eps)
+    sub_scaled_(p, torch.sparse_coo_tensor(indices, values / std, g.shape), clr)
+
+
+class Adagrad(Optimizer):
+    __doc__ = """Adagrad, a drop-in for ``torch.optim.Adagrad`` (torch 2.14.1's signature,
+    defaults, errors and state: ``step`` and ``sum``, created at construction as torch does).
+    Unlike torch, a param group's own ``initial_accumulator_value`` is honoured.
+    """ + (adagrad.__doc__ or "")
+
+    _spec = Spec(rule=adagrad, uses_step=True, init=lambda key, t, group: t.fill_(group["initial_accumulator_value"]))
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Union[float, Tensor] = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: Optional[bool] = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        self._check_group(defaults)
+        _checks.implementation(defaults)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            self._init_state(group)
+
+    def _init_state(self, group: dict[str, Any]) -> None:
+        """torch creates Adagrad's state at construction (params added later get theirs at their
+        first step); the accumulator starts at the group's ``initial_accumulator_value``
+        (torch reads only the constructor's)."""
+        for p in group["params"]:
+            state = self.state[p]
+            state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+            state["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            self._spec.init("sum", real_view(state["sum"]), group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", None)
+
+    def share_memory(self) -> None:
+        """Calls ``tensor.share_memory_()`` on the state sum tensors (as torch's Adagrad)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["sum"].share_memory_()
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        outside = lambda x: not 0.0 <= x  # noqa: E731  (torch's test: NaN fails it too)
+        for name, label in (
+            ("lr", "learning rate"),
+            ("lr_decay", "lr_decay value"),
+            ("weight_decay", "weight_decay value"),
+            ("initial_accumulator_value", "initial_accumulator_value value"),
+            ("eps", "epsilon value"),
+        ):
+            value = group[name]
+            _checks.real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=outside)
+        for name in ("maximize", "differentiable"):
+            _checks.flag(name, group[name])
+        for name in ("foreach", "fused"):
+            _checks.flag(name, group[name], optional=True)
+
+    def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
+        if enabled(group["weight_decay"]):
+            return "weight_decay option is not compatible with sparse gradients"
+        return None
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("sum",)
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["lr"],
+            "lr_decay": group["lr_decay"],
+            "weight_decay": group["weight_decay"],
+            "eps": group["eps"],
+            "maximize": group["maximize"],
+        }

@@ -1,0 +1,153 @@
+"""RMSprop (Hinton's lecture 6e; centered form of Graves 2013), with momentum."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from torch import Tensor
+
+from . import _checks
+from ._engine import Spec
+from ._ops import Scalar, add_ratio_, add_scaled, addcmul_, complement, enabled, lerp_, neg, sub_scaled_
+from .optimizer import Optimizer
+
+
+def rmsprop(
+    p: Tensor,
+    g: Tensor,
+    *,
+    square_avg: Tensor,
+    momentum_buffer: Optional[Tensor] = None,
+    grad_avg: Optional[Tensor] = None,
+    first: bool,
+    step: Scalar,
+    lr: Scalar,
+    alpha: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
+    momentum: Scalar,
+    centered: bool,
+    maximize: bool,
+    scratch: Optional[Tensor] = None,
+) -> None:
+    """One RMSprop step, in place on ``p``, v (``square_avg``), b (``momentum_buffer``) and
+    ḡ (``grad_avg``)::
+
+        g ← −g                          if maximize
+        g ← g + λ·p                     if λ ≠ 0
+        v ← α·v + (1 − α)·g²
+        ḡ ← ḡ + (1 − α)·(g − ḡ)          if centered
+        σ ← √(v − ḡ²) if centered, else √v
+        b ← μ·b + g/(σ + ε),  p ← p − η·b     if μ > 0
+        p ← p − η·g/(σ + ε)                    otherwise
+    """
+    v, b = square_avg, momentum_buffer
+    if maximize:
+        g = neg(g, out=scratch)
+    if enabled(weight_decay):
+        g = add_scaled(g, p, weight_decay, out=scratch)
+    addcmul_(v.mul_(alpha), g, g, complement(alpha, v))
+    if centered:
+        lerp_(grad_avg, g, complement(alpha, grad_avg))
+        sigma = v.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+    else:
+        sigma = v.sqrt()
+    sigma.add_(eps)
+    if b is not None:
+        add_ratio_(b.mul_(momentum), g, sigma, 1)
+        sub_scaled_(p, b, lr)
+    else:
+        add_ratio_(p, g, sigma, -lr)
+
+
+class RMSprop(Optimizer):
+    __doc__ = """RMSprop, a drop-in for ``torch.optim.RMSprop`` (torch 2.14.1's signature,
+    defaults, errors and state: ``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``).
+    ``capturable=True`` also works on the CPU. ``fused=`` is accepted (keyword-only, after
+    torch's arguments) for the fused path to come.
+    """ + (rmsprop.__doc__ or "")
+
+    _spec = Spec(rule=rmsprop, uses_step=True)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: Union[float, Tensor] = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        fused: Optional[bool] = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        self._check_group(defaults)
+        _checks.implementation(defaults)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("momentum", 0)
+            group.setdefault("centered", False)
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("capturable", False)
+            group.setdefault("fused", None)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        outside = lambda x: not 0.0 <= x  # noqa: E731  (torch's test: NaN fails it too)
+        for name, label in (
+            ("lr", "learning rate"),
+            ("eps", "epsilon value"),
+            ("momentum", "momentum value"),
+            ("weight_decay", "weight_decay value"),
+        ):
+            value = group[name]
+            _checks.real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=outside)
+        alpha = group["alpha"]
+        _checks.real("alpha", alpha, high=1.0, torch_message=f"Invalid alpha value: {alpha}", torch_rejects=outside)
+        for name in ("centered", "capturable", "maximize", "differentiable"):
+            _checks.flag(name, group[name])
+        for name in ("foreach", "fused"):
+            _checks.flag(name, group[name], optional=True)
+
+    def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
+        return "RMSprop does not support sparse gradients"
+
+    def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        keys = ("square_avg",)
+        if isinstance(group["momentum"], Tensor) or group["momentum"] > 0:
+            keys += ("momentum_buffer",)
+        if group["centered"]:
+            keys += ("grad_avg",)
+        return keys
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["lr"],
+            "alpha": group["alpha"],
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "momentum": group["momentum"],
+            "centered": group["centered"],
+            "maximize": group["maximize"],
+        }
