@@ -34,8 +34,16 @@ def _setup(case, data, dtype=None):
     pattern = data.draw(grad_patterns(len(specs)), label="grads")
     two_groups = len(specs) > 1 and data.draw(st.booleans(), label="two_groups")
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    if dtype == torch.float16 and kwargs.get("eps", 1.0) < _FP16_SMALLEST:
+        # eps rounds to 0 in fp16 and 0/0 appears on zero grads; whether torch's result is NaN
+        # then depends on accidents of type promotion (a 0-dim param with tensor betas computes
+        # in fp32). Neither answer means anything, so compare where eps is representable.
+        kwargs = {**kwargs, "eps": 1e-3}
     kwargs_ours = {**kwargs, **data.draw(case.ours_only, label="ours_only")}
     return specs, dtype, (kwargs_ours, kwargs), foreach, threshold, pattern, two_groups, seed
+
+
+_FP16_SMALLEST = 2.0**-24  # the smallest fp16 subnormal
 
 
 def _plain(v):
