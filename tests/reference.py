@@ -160,3 +160,20 @@ def adam_constant_gradient(p0: Tensor, g: Tensor, lr: float, eps: float, t: int)
 def sgd_quadratic_bowl(p0: Tensor, curvature: float, lr: float, t: int) -> Tensor:
     """Plain SGD on f(p) = ½·a·p²: the gradient a·p gives p_t = (1 − η·a)^t · p₀."""
     return (1 - lr * curvature) ** t * p0
+
+
+def adagrad_constant_gradient(
+    p0: Tensor, g: Tensor, lr: float, lr_decay: float, s0: float, eps: float, t: int
+) -> Tensor:
+    """Adagrad with a constant gradient: after k steps s_k = s₀ + k·g², so
+    p_t = p₀ − Σ_{k=1..t} η/(1 + (k−1)δ) · g/(√(s₀ + k·g²) + ε)."""
+    steps = torch.arange(1, t + 1, dtype=torch.float64).reshape(-1, *([1] * g.dim()))
+    rates = lr / (1 + (steps - 1) * lr_decay)
+    return p0 - (rates * g / ((s0 + steps * g * g).sqrt() + eps)).sum(0)
+
+
+def rmsprop_constant_gradient(p0: Tensor, g: Tensor, lr: float, alpha: float, eps: float, t: int) -> Tensor:
+    """RMSprop (no momentum, not centered) with a constant gradient: v_k = (1 − α^k)·g², so
+    p_t = p₀ − η·Σ_{k=1..t} g/(√(1 − α^k)·|g| + ε)."""
+    steps = torch.arange(1, t + 1, dtype=torch.float64).reshape(-1, *([1] * g.dim()))
+    return p0 - (lr * g / ((1 - alpha**steps).sqrt() * g.abs() + eps)).sum(0)

@@ -94,6 +94,8 @@ def cyclic_kwargs(draw):
         gamma=draw(st.floats(0.99, 1.0)), cycle_momentum=draw(st.booleans()),
         base_momentum=draw(st.floats(0.5, 0.85)), max_momentum=draw(st.floats(0.85, 0.99)),
     )  # fmt: skip
+    if kw["mode"] == "triangular2":  # torch overflows after 1024 cycles, see below
+        assume(kw["step_size_up"] + (kw["step_size_down"] or kw["step_size_up"]) >= 2)
     if draw(st.booleans()):
         kw.update(scale_fn=decaying_scale, scale_mode=draw(st.sampled_from(["cycle", "iterations"])))
     return kw
@@ -796,6 +798,7 @@ OUR_ERRORS = [
     ("CyclicLR", (0.01, 0.1), dict(step_size_down=-3), "step_size_down"),
     ("CyclicLR", (-0.01, 0.1), {}, "base_lr"),
     ("CyclicLR", (0.01, 0.1), dict(mode="exp_range", gamma=0.0), "gamma"),
+    ("CyclicLR", (0.01, 0.1), dict(mode="exp_range", gamma=1.5), "gamma"),  # scale above 1
     ("CyclicLR", (0.01, 0.1), dict(scale_fn=decaying_scale, scale_mode="epochs"), "scale_mode"),
     ("LambdaLR", (0.5,), {}, "lr_lambda"),  # torch: TypeError 'float' object is not callable
     ("ReduceLROnPlateau", (), dict(factor=-0.5), "factor"),
@@ -879,6 +882,23 @@ def test_constant_lr_factor_zero():
         else:
             sched.step()
             assert opt.param_groups[0]["lr"] == LRS[0]
+
+
+def test_cyclic_lr_triangular2_past_1024_cycles():
+    """torch computes 1 / 2.0 ** (cycle - 1), an OverflowError from cycle 1025 on."""
+    for module in (G, T):
+        opt = make_opt()
+        sched = module.CyclicLR(opt, 0.01, 0.1, step_size_up=1, step_size_down=0, mode="triangular2")
+        opt.step()
+        for _ in range(1023):
+            sched.step()
+        if module is T:
+            with pytest.raises(OverflowError):
+                sched.step()
+        else:
+            for _ in range(100):
+                sched.step()
+            assert opt.param_groups[0]["lr"] == 0.01
 
 
 def test_cosine_annealing_closed_form_is_torchs_documented_one():
