@@ -127,13 +127,16 @@ def _adagrad_kwargs(draw) -> dict:
 
 @st.composite
 def _rmsprop_kwargs(draw) -> dict:
+    centered = draw(st.booleans())
     kw = dict(
         lr=draw(st.sampled_from([1e-3, 0.01])),
-        alpha=draw(st.sampled_from([0.99, 0.9, 0.0])),
+        # Centered with α = 0 makes v − ḡ² = g² − g², zero up to rounding, whose sign then
+        # decides NaN or not: no meaningful result to compare.
+        alpha=draw(st.sampled_from([0.99, 0.9] if centered else [0.99, 0.9, 0.0])),
         eps=draw(st.sampled_from([1e-8, 1e-3])),
         weight_decay=draw(st.sampled_from([0.0, 1e-2])),
         momentum=draw(st.sampled_from([0.0, 0.9])),
-        centered=draw(st.booleans()),
+        centered=centered,
         maximize=draw(st.booleans()),
     )
     if draw(st.booleans()):
