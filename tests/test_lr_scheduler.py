@@ -95,7 +95,8 @@ def cyclic_kwargs(draw):
         base_momentum=draw(st.floats(0.5, 0.85)), max_momentum=draw(st.floats(0.85, 0.99)),
     )  # fmt: skip
     if kw["mode"] == "triangular2":  # torch overflows after 1024 cycles, see below
-        assume(kw["step_size_up"] + (kw["step_size_down"] or kw["step_size_up"]) >= 2)
+        down = kw["step_size_up"] if kw["step_size_down"] is None else kw["step_size_down"]
+        assume(kw["step_size_up"] + down >= 2)
     if draw(st.booleans()):
         kw.update(scale_fn=decaying_scale, scale_mode=draw(st.sampled_from(["cycle", "iterations"])))
     return kw
