@@ -84,10 +84,6 @@ def implementation(defaults: dict) -> None:
             raise RuntimeError("`fused` does not support `differentiable`")
         if defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        raise NotImplementedError(
-            "torch_gd: fused=True is not available yet; use the default (foreach=None), "
-            "which is torch_gd's fast eager path"
-        )
 
 
 def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:

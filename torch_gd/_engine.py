@@ -22,7 +22,7 @@ from typing import Any, Callable, Hashable, Optional
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _fused, _ops
 from ._ops import real_view
 
 # A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU)
@@ -37,12 +37,14 @@ class Spec:
     ``rule(p, g, first=..., step=..., scratch=..., **state, **hyper)`` updates ``p`` and the
     state tensors in place; the state tensors are passed by their torch key names (the
     optimizer's ``_state_keys(group)``), as real views for complex params. ``uses_step`` keeps
-    torch's 0-dim ``step`` tensor per param and passes the step count to the rule. ``init``
-    fills a state tensor (a real view) before its param's first step.
+    torch's 0-dim ``step`` tensor per param and passes the step count to the rule.
+    ``uses_first`` marks rules that read ``first`` (their fused kernel has a first-step variant).
+    ``init`` fills a state tensor (a real view) before its param's first step.
     """
 
     rule: Callable[..., None]
     uses_step: bool = False
+    uses_first: bool = False
     init: Callable[[str, Tensor, dict], Any] = lambda key, t, group: t.zero_()
 
 
@@ -63,6 +65,19 @@ class _Bucket:
     @property
     def dtype(self) -> torch.dtype:
         return self.pflat.dtype
+
+
+@dataclass
+class _Work:
+    """One group's step, planned by ``Engine.prepare`` and applied by ``Engine.execute``."""
+
+    group: dict
+    keys: tuple[str, ...]
+    on_device: bool
+    packed: dict[_Bucket, list]
+    loose: list[tuple[Tensor, Tensor]]
+    kw: dict[str, Any]
+    fused: Optional[_fused.Call]
 
 
 @dataclass
@@ -167,7 +182,7 @@ class Engine:
 
     # ---------------------------------------------------------------- running
 
-    def run(
+    def prepare(
         self,
         gi: int,
         group: dict,
@@ -176,10 +191,14 @@ class Engine:
         keys: tuple[str, ...],
         hyper: dict[str, Any],
         state: dict,
-    ) -> None:
-        """Apply one step of the rule to ``params`` (all with a grad, each listed once).
+        amp: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+    ) -> _Work:
+        """Plan one step of ``params`` (all with a grad, each listed once) without updating
+        anything: re-pack if needed, and for fused groups compile the kernels it will use, so
+        that a failure leaves every param and state as it was.
 
         ``step`` lives on the param's device for capturable and fused groups, as in torch.
+        ``amp`` is GradScaler's (grad_scale, found_inf), used by fused groups only.
         """
         on_device = bool(group.get("capturable") or group.get("fused"))
         split = self._split(self._plan(gi, group, keys, on_device, state), params, grads, keys, state)
@@ -190,10 +209,20 @@ class Engine:
         packed, loose = split
         kw = {k: _f64(v) for k, v in hyper.items()}
         kw.update(first=False, scratch=None)
-        for b, items in packed.items():
-            self._run_bucket(b, items, keys, kw, group, on_device, state)
-        for p, g in loose:
-            self._run_one(p, g, keys, kw, group, on_device, state)
+        fused = None
+        if group.get("fused"):
+            fused = _fused.Call(self.spec, kw, *amp)
+            firsts = {fresh for items in packed.values() for _, _, _, fresh in items}
+            firsts |= {self._fresh(state.get(p, _EMPTY), keys) for p, _ in loose}
+            kinds = {(_real_dtype(p.dtype), p.device) for p in params}
+            fused.warm(keys, firsts, kinds, scalar_dtype())
+        return _Work(group, keys, on_device, packed, loose, kw, fused)
+
+    def execute(self, work: _Work, state: dict) -> None:
+        for b, items in work.packed.items():
+            self._run_bucket(b, items, work, state)
+        for p, g in work.loose:
+            self._run_one(p, g, work, state)
 
     def _split(self, plan: _Plan, params, grads, keys, state):
         """Sort params into packed buckets and the per-tensor rest, or None if re-packing is due.
@@ -228,8 +257,8 @@ class Engine:
             packed[b].append((i, p, g, fresh))
         return packed, loose
 
-    def _run_bucket(self, b: _Bucket, items, keys, kw, group, on_device, state) -> None:
-        spec = self.spec
+    def _run_bucket(self, b: _Bucket, items, work: _Work, state) -> None:
+        spec, keys, kw = self.spec, work.keys, work.kw
         idx = [i for i, _, _, _ in items]
         torch._foreach_copy_([b.gviews[i] for i in idx], [g for _, _, g, _ in items])
         torch._foreach_copy_([b.pviews[i] for i in idx], [p for _, p, _, _ in items])
@@ -244,17 +273,20 @@ class Engine:
                 tensors = [real_view(b.flat[k][a:z]) for k in keys]
                 if fresh:
                     for k, t in zip(keys, tensors):
-                        spec.init(k, t, group)
+                        spec.init(k, t, work.group)
+                steps = None
                 if b.steps is not None:
-                    if fresh:
-                        b.steps[lo:hi].fill_(1)
-                    else:
-                        b.steps[lo:hi].add_(1)
-                    kw["step"] = b.steps[lo] if on_device else count + 1
+                    steps = b.steps[lo:hi]
+                    steps.fill_(1) if fresh else steps.add_(1)
+                    kw["step"] = b.steps[lo] if work.on_device else count + 1
                 g = real_view(b.gflat[a:z])
+                p = real_view(b.pflat[a:z])
+                if work.fused is not None:
+                    work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), fresh, steps)
+                    continue
                 kw["first"], kw["scratch"] = fresh, g
                 kw.update(zip(keys, tensors))
-                spec.rule(real_view(b.pflat[a:z]), g, **kw)
+                spec.rule(p, g, **kw)
         torch._foreach_copy_([p for _, p, _, _ in items], [b.pviews[i] for i in idx])
         for i, p, _, fresh in items:
             if fresh:
@@ -266,30 +298,35 @@ class Engine:
             if spec.uses_step:
                 self.counts[p] = (0 if fresh else self.counts.get(p, 0)) + 1
 
-    def _run_one(self, p: Tensor, g: Tensor, keys, kw, group, on_device, state) -> None:
+    def _run_one(self, p: Tensor, g: Tensor, work: _Work, state) -> None:
         """The per-tensor path: the same rule on one param and its own state tensors."""
-        spec = self.spec
+        spec, keys, kw = self.spec, work.keys, work.kw
         tensors: list[Tensor] = []
-        fresh = False
+        fresh, steps = False, None
         if keys or spec.uses_step:
             st = state[p]
             fresh = self._fresh(st, keys)
             if fresh and spec.uses_step:
-                st["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
+                st["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if work.on_device else "cpu")
             for k in keys:
                 if st.get(k) is None:  # fresh, or an option switched on since (amsgrad)
                     st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    spec.init(k, real_view(st[k]), group)
+                    spec.init(k, real_view(st[k]), work.group)
             if spec.uses_step:
                 count = 0 if fresh else self._count(p, st)
-                st["step"] += 1
+                steps = st["step"]
+                steps += 1
                 self.counts[p] = count + 1
-                kw["step"] = st["step"] if on_device else count + 1
+                kw["step"] = steps if work.on_device else count + 1
             tensors = [st[k] for k in keys]
-        kw["first"], kw["scratch"] = fresh, self._scratch_for(p)
+        scratch = self._scratch_for(p)
         if p.is_complex():
             p, g = torch.view_as_real(p), g if g.is_sparse else torch.view_as_real(g)
             tensors = [t if t.is_sparse else torch.view_as_real(t) for t in tensors]
+        if work.fused is not None:
+            work.fused.per_tensor(p, g, dict(zip(keys, tensors)), fresh, steps, scratch)
+            return
+        kw["first"], kw["scratch"] = fresh, scratch
         kw.update(zip(keys, tensors))
         spec.rule(p, g, **kw)
 
@@ -327,6 +364,10 @@ class Engine:
 
 
 _EMPTY: dict = {}
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype.to_real() if dtype.is_complex else dtype
 
 
 def _f64(v: Any) -> Any:

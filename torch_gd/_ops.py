@@ -90,9 +90,12 @@ def real_view(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def complement(beta: Scalar, like: Tensor) -> Scalar:
-    """``1 − β``. A tensor β is first cast to ``like``'s dtype, as torch's Adam does for its
-    moment weights: in bf16 that rounding moves 1 − 0.95 by 1.5%, and we match torch."""
-    return 1 - (beta.to(like.dtype) if isinstance(beta, Tensor) else beta)
+    """``1 − β``. Eagerly, a tensor β is first cast to ``like``'s dtype, as torch's for-loop
+    Adam does for its moment weights (in bf16 that moves 1 − 0.95 by 1.5%, and we match torch).
+    A compiled (fused) kernel computes in fp32 and rounds once, like torch's fused kernels."""
+    if isinstance(beta, Tensor) and not torch.compiler.is_compiling():
+        beta = beta.to(like.dtype)
+    return 1 - beta
 
 
 def lerp_(x: Tensor, y: Tensor, w: Scalar) -> Tensor:

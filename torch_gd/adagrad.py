@@ -139,6 +139,8 @@ class Adagrad(Optimizer):
             _checks.flag(name, group[name], optional=True)
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
+        if group.get("fused"):
+            return super()._sparse_error(group)
         if enabled(group["weight_decay"]):
             return "weight_decay option is not compatible with sparse gradients"
         return None

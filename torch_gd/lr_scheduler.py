@@ -244,7 +244,7 @@ class ConstantLR(_TorchChainable, _torch.ConstantLR):
 
 
 class LinearLR(_TorchChainable, _torch.LinearLR):
-    r"""Factor ramps linearly from ``start_factor`` to ``end_factor``: :func:`~torch_gd.schedules.linear_ramp`."""
+    r"""Factor from ``start_factor`` to ``end_factor`` linearly: :func:`~torch_gd.schedules.linear_ramp`."""
 
     def __init__(
         self,
@@ -484,7 +484,7 @@ class CyclicLR(_torch.CyclicLR):
         _check_real("step_size_up", step_size_up, low_open=True)
         if step_size_down is not None:
             _check_real("step_size_down", step_size_down)
-        _check_real("gamma", gamma, low_open=True)
+        _check_real("gamma", gamma, low_open=True, high=1.0)  # exp_range's scale stays in (0, 1]
         _check_choice("scale_mode", scale_mode, ["cycle", "iterations"])
         _check_int("last_epoch", last_epoch, -1)
         if cycle_momentum:
@@ -508,6 +508,11 @@ class CyclicLR(_torch.CyclicLR):
                     group["max_momentum"] = m_max
                     group["base_momentum"] = m_base
             self._cycle_momentum()
+
+    @staticmethod
+    def _triangular2_scale_fn(x: float) -> float:
+        # Same powers of two as torch's 1 / 2.0 ** (x - 1), which overflows after 1024 cycles.
+        return 0.5 ** (x - 1)
 
     def _at_step(self, low: float | Tensor, high: float | Tensor) -> Any:
         return schedules.cyclic(
@@ -548,7 +553,8 @@ class LambdaLR(_torch.LambdaLR):
         _check_optimizer(optimizer)
         _check_int("last_epoch", last_epoch, -1)
         lambdas = lr_lambda if isinstance(lr_lambda, (list, tuple)) else [lr_lambda]
-        if len(lambdas) == len(optimizer.param_groups):  # else torch's length error
+        # A list of the wrong length gets torch's error instead.
+        if lambdas is not lr_lambda or len(lambdas) == len(optimizer.param_groups):
             for fn in lambdas:
                 if not callable(fn):
                     raise TypeError(
@@ -691,8 +697,8 @@ class WarmupCosineLR(_ClosedFormLR):
 
     ``lr = base_lr · f(n)`` with :func:`~torch_gd.schedules.warmup_cosine`::
 
-        f(n) = s + (1 - s)·n/W                              n < W
-        f(n) = m + (1 - m)·(1 + cos(π·(min(n, T) - W)/(T - W)))/2   n ≥ W
+        f(n) = s + (1 - s)·n/W                                     n < W
+        f(n) = m + (1 - m)·(1 + cos(π·(min(n, T) - W)/(T - W)))/2  n ≥ W
 
     where ``s = start_factor``, ``m = min_factor``. ``f(W) = 1`` and ``f(n) = m`` from ``T`` on.
     """

@@ -25,6 +25,9 @@ class Optimizer(torch.optim.Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         self._engine = Engine(self._spec)
         super().__init__(params, defaults)
+        if defaults.get("fused"):
+            # GradScaler then hands us grad_scale/found_inf instead of unscaling and syncing.
+            self._step_supports_amp_scaling = True
 
     # -------------------------------------------------------------- subclass hooks
 
@@ -41,7 +44,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
         """torch's message when a sparse grad reaches this group and cannot be used, else None."""
-        return None
+        return "`fused=True` does not support sparse gradients" if group.get("fused") else None
 
     # -------------------------------------------------------------- torch.optim contract
 
@@ -81,14 +84,17 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Everything that can fail is checked for every group before any group is updated.
-        work = [self._with_grads(group) for group in self.param_groups]
-        for gi, (group, (params, grads)) in enumerate(zip(self.param_groups, work)):
+        # Everything that can fail (bad grads, re-packing, compiling fused kernels) happens for
+        # every group before any group is updated.
+        amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            params, grads = self._with_grads(group)
             if params:
-                self._engine.run(
-                    gi, group, params, grads, self._state_keys(group), self._hyper(group),
-                    self.state,
-                )
+                work.append(self._engine.prepare(
+                    gi, group, params, grads, self._state_keys(group), self._hyper(group), self.state, amp))
+        for w in work:
+            self._engine.execute(w, self.state)
         return loss
 
     def _with_grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:

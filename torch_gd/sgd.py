@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec
-from ._ops import Scalar, add_scaled, assign_, enabled, neg, sub_scaled_
+from ._ops import Scalar, add_scaled, add_scaled_, assign_, enabled, neg, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -20,7 +20,7 @@ def sgd(
     first: bool,
     lr: Scalar,
     momentum: Scalar,
-    dampening: float,
+    dampening: Scalar,
     weight_decay: Scalar,
     nesterov: bool,
     maximize: bool,
@@ -45,7 +45,7 @@ def sgd(
         if first:
             assign_(b, g.detach())
         else:
-            b.mul_(momentum).add_(g, alpha=1 - dampening)
+            add_scaled_(b.mul_(momentum), g, 1 - dampening)
         d = add_scaled(g, b, momentum, out=scratch) if nesterov else b
     sub_scaled_(p, d, lr)
 
@@ -57,7 +57,7 @@ class SGD(Optimizer):
     see the README for where torch_gd deliberately differs.
     """ + (sgd.__doc__ or "")
 
-    _spec = Spec(rule=sgd)
+    _spec = Spec(rule=sgd, uses_first=True)
 
     def __init__(
         self,

@@ -1,0 +1,185 @@
+"""The fused path: the same update rule, compiled by ``torch.compile(fullgraph=True)``.
+
+Inductor turns a rule into one C++/OpenMP kernel on the CPU and one Triton kernel on CUDA. A
+kernel takes 1-D tensors (a packed bucket's flat run, or one large param flattened in storage
+order) whose size is marked unbacked, so a single compiled graph serves every size, 0 and 1
+included; numbers that change between steps (lr, betas, momentum, weight decay, the step, the
+grad scale) enter as 0-dim tensors, so schedulers never trigger a recompile.
+
+One kernel is compiled per (rule, static flags, dtype, device), each from its own code object:
+dynamo keeps its cache and its recompile limit per code object, so flag variants never count
+against each other. Compiled kernels are shared by every optimizer in the process.
+"""
+
+from __future__ import annotations
+
+import builtins
+import types
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from torch._dynamo.decorators import mark_unbacked
+
+_KERNELS: dict[tuple, Callable[..., None]] = {}
+
+
+def _apply(
+    rule: Callable[..., None],
+    statics: dict[str, Any],
+    p: Tensor,
+    g: Tensor,
+    states: dict[str, Tensor],
+    scalars: dict[str, Tensor],
+    grad_scale: Optional[Tensor],
+    found_inf: Optional[Tensor],
+) -> None:
+    """The body every kernel traces: unscale, update, and undo the update when skipped.
+
+    GradScaler hands the scale and the inf flag as device tensors; dividing and selecting
+    inside the kernel saves the host sync of its own ``found_inf.item()``.
+    """
+    if grad_scale is not None:
+        g = g / grad_scale
+    if found_inf is not None:
+        before = [p.clone()] + [t.clone() for t in states.values()]
+    rule(p, g, **states, **scalars, **statics, scratch=None)
+    if found_inf is not None:
+        skip = found_inf > 0
+        for new, old in zip([p, *states.values()], before):
+            new.copy_(torch.where(skip, old, new))
+
+
+def _template(p, g, states, scalars, grad_scale, found_inf):  # pragma: no cover - traced
+    _apply(RULE, STATICS, p, g, states, scalars, grad_scale, found_inf)  # noqa: F821
+
+
+def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Callable[..., None]:
+    """The compiled kernel for ``rule`` with these static flags, dtype and device."""
+    key = (rule, tuple(sorted(statics.items())), dtype, device)
+    found = _KERNELS.get(key)
+    if found is None:
+        name = f"{rule.__name__}_fused_{len(_KERNELS)}"
+        code = _template.__code__.replace(co_name=name, co_qualname=name)
+        scope = {"__builtins__": builtins, "_apply": _apply, "RULE": rule, "STATICS": dict(statics)}
+        fn = types.FunctionType(code, scope, name)
+        found = torch.compile(fn, fullgraph=True, dynamic=True)
+        _KERNELS[key] = found
+    return found
+
+
+def flat(t: Tensor) -> Tensor:
+    """A 1-D view whose size the compiled graph treats as unknown (no 0/1 specialisation)."""
+    mark_unbacked(t, 0)
+    return t
+
+
+def storage_order(t: Tensor) -> Optional[Tensor]:
+    """``t``'s elements as a 1-D view in storage order, when ``t`` densely fills its storage
+    span (any permutation of strides, e.g. channels_last); None otherwise."""
+    if t.is_contiguous():
+        return t.view(-1)
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1):
+        if stride != expected:
+            return None
+        expected *= size
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def compiler_error(exc: Exception) -> RuntimeError:
+    """The error ``fused=True`` raises when no kernel can be compiled here."""
+    return RuntimeError(
+        "torch_gd: fused=True needs torch.compile to build the update kernel, and it failed: "
+        f"{type(exc).__name__}: {exc}. On the CPU install a C++ compiler (e.g. apt-get install "
+        "g++); on CUDA install triton. Or construct the optimizer with fused=False (or leave it "
+        "None) to use the eager path."
+    )
+
+
+class Call:
+    """One group's fused step: its static flags and its numbers as 0-dim float64 tensors on
+    each device (converted once per step, not once per kernel call)."""
+
+    def __init__(self, spec: Any, kw: dict[str, Any], grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+        self.rule = spec.rule
+        self.uses_first = spec.uses_first
+        self.uses_step = spec.uses_step
+        self.statics: dict[str, Any] = {}
+        self.numbers: dict[str, Any] = {}
+        for name, value in kw.items():
+            if name in ("scratch", "first", "step"):
+                continue
+            if isinstance(value, Tensor) or (not isinstance(value, bool) and value is not None and value != 0):
+                self.numbers[name] = value
+            else:
+                # Flags, and coefficients that switch a term off, shape the kernel itself.
+                self.statics[name] = value
+        self.grad_scale, self.found_inf = grad_scale, found_inf
+        self._scalars: dict[torch.device, dict[str, Tensor]] = {}
+
+    def scalars(self, device: torch.device) -> dict[str, Tensor]:
+        found = self._scalars.get(device)
+        if found is None:
+            found = {
+                k: (v.to(device=device, dtype=torch.float64) if isinstance(v, Tensor)
+                    else torch.tensor(v, dtype=torch.float64, device=device))
+                for k, v in self.numbers.items()
+            }
+            self._scalars[device] = found
+        return found
+
+    def _kernel(self, first: bool, dtype: torch.dtype, device: torch.device) -> Callable[..., None]:
+        return kernel(self.rule, {**self.statics, "first": first and self.uses_first}, dtype, device)
+
+    def _amp(self, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return move(self.grad_scale), move(self.found_inf)
+
+    def warm(self, keys: tuple[str, ...], firsts: set, kinds: set, step_dtype: torch.dtype) -> None:
+        """Compile every kernel this step needs on 2-element dummies before anything is
+        updated: a missing compiler fails here, with nothing half-applied."""
+        for first in firsts:
+            for dtype, device in kinds:
+                fn = self._kernel(first, dtype, device)
+                make = lambda: flat(torch.zeros(2, dtype=dtype, device=device))  # noqa: E731
+                scalars = dict(self.scalars(device))
+                if self.uses_step:
+                    scalars["step"] = torch.ones((), dtype=step_dtype, device=device)
+                grad_scale, found_inf = self._amp(device)
+                try:
+                    fn(make(), make(), {k: make() for k in keys}, scalars, grad_scale, found_inf)
+                except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same advice
+                    raise compiler_error(exc) from exc
+
+    def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], first: bool, steps: Optional[Tensor]) -> None:
+        """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
+        already advanced) are wound back where GradScaler found infs."""
+        scalars = self.scalars(p.device)
+        if steps is not None:
+            scalars = {**scalars, "step": steps[0] if steps.dim() else steps}
+        grad_scale, found_inf = self._amp(p.device)
+        self._kernel(first, p.dtype, p.device)(
+            flat(p), flat(g), {k: flat(t) for k, t in states.items()}, scalars, grad_scale, found_inf
+        )
+        if steps is not None and found_inf is not None:
+            steps.sub_(found_inf)
+
+    def per_tensor(self, p: Tensor, g: Tensor, states: dict[str, Tensor], first: bool, steps: Optional[Tensor],
+                   scratch: Optional[Tensor]) -> None:
+        """One large param, flattened in storage order when its layout allows (a grad of another
+        layout is first copied into ``scratch``, which has p's strides), else through
+        contiguous copies written back afterwards."""
+        pf = storage_order(p)
+        if pf is not None and all(t.stride() == p.stride() for t in states.values()):
+            if g.stride() != p.stride() and scratch is not None:
+                g = scratch.copy_(g)
+            gf = storage_order(g) if g.stride() == p.stride() else None
+            if gf is not None:
+                self(pf, gf, {k: storage_order(t) for k, t in states.items()}, first, steps)
+                return
+        pc, sc = p.contiguous(), {k: t.contiguous() for k, t in states.items()}
+        self(pc.view(-1), g.contiguous().view(-1), {k: t.view(-1) for k, t in sc.items()}, first, steps)
+        for dst, src in [(p, pc), *((states[k], sc[k]) for k in states)]:
+            if dst.data_ptr() != src.data_ptr():
+                dst.copy_(src)
