@@ -84,11 +84,6 @@ def test_tensor_lr_stays_the_same_object_and_is_read_each_step(foreach):
     torch.testing.assert_close(p.detach(), torch.full((2,), -0.6))
 
 
-def test_fused_is_refused_until_it_exists():
-    with pytest.raises(NotImplementedError, match="fused"):
-        torch_gd.SGD([torch.nn.Parameter(torch.zeros(1))], fused=True)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 def test_channels_last_param_with_contiguous_grad(dtype):
     """torch's CPU fused SGD is silently wrong when param and grad layouts differ; ours updates

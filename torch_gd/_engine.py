@@ -84,6 +84,7 @@ class _Work:
 class _Plan:
     keys: tuple[str, ...]
     on_device: bool
+    counted: bool
     buckets: list[_Bucket]
     where: dict[int, tuple[_Bucket, int]]
 
@@ -127,6 +128,7 @@ class Engine:
         self._plans: dict[int, _Plan] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._scratch_views: dict[int, Tensor] = {}
+        self._steps: dict[int, Tensor] = {}
 
     def invalidate(self) -> None:
         """Forget every plan: state is re-read and re-packed at the next step."""
@@ -136,21 +138,27 @@ class Engine:
 
     def _plan(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool, state: dict) -> _Plan:
         plan = self._plans.get(gi)
-        if plan is not None and plan.keys == keys and plan.on_device == on_device:
+        counted = self.spec.uses_step or bool(group.get("fused"))
+        if plan is not None and (plan.keys, plan.on_device, plan.counted) == (keys, on_device, counted):
             return plan
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         if group["foreach"] is not False and not group.get("differentiable", False):
             for p in _distinct(group["params"]):
                 if p.numel() <= PACK_MAX_NUMEL and id(p) not in self.sparse and not p.is_sparse:
                     by_kind[(p.device, p.dtype)].append(p)
-        buckets = [self._pack(ps, keys, on_device, state) for ps in by_kind.values()]
+        buckets = [self._pack(ps, keys, on_device, counted, state) for ps in by_kind.values()]
         where = {id(p): (b, i) for b in buckets for i, p in enumerate(b.params)}
-        plan = _Plan(keys, on_device, buckets, where)
+        plan = _Plan(keys, on_device, counted, buckets, where)
         self._plans[gi] = plan
         return plan
 
-    def _pack(self, params: list[Tensor], keys: tuple[str, ...], on_device: bool, state: dict) -> _Bucket:
-        """Allocate a bucket's flat buffers and move any existing state into them."""
+    def _pack(self, params: list[Tensor], keys: tuple[str, ...], on_device: bool, counted: bool, state: dict) -> _Bucket:
+        """Allocate a bucket's flat buffers and move any existing state into them.
+
+        ``counted`` keeps step counters even for rules without torch's ``step`` (fused SGD:
+        whether a step was the first *applied* one is known only on the device when GradScaler
+        may skip it); they are exposed in ``state`` only for rules that use ``step``.
+        """
         offsets, total = [], 0
         for p in params:
             offsets.append(total)
@@ -160,7 +168,7 @@ class Engine:
         flat = {k: make() for k in keys}
         pflat, gflat = make(), make()
         steps = None
-        if self.spec.uses_step:
+        if counted:
             steps = torch.zeros(len(params), dtype=scalar_dtype(), device=like.device if on_device else "cpu")
         segment = lambda buf: [_segment_view(buf, p, o) for p, o in zip(params, offsets)]  # noqa: E731
         per_key = {k: segment(flat[k]) for k in keys}
@@ -175,7 +183,8 @@ class Engine:
                     _ops.assign_(views[i][k], old)
                     st[k] = views[i][k]
             if steps is not None:
-                steps[i] = self._count(p, st)
+                steps[i] = self._count(p, st) if self.spec.uses_step else 1
+            if self.spec.uses_step:
                 st["step"] = steps[i]
         return _Bucket(params, offsets + [total], flat, views, steps, pflat, gflat,
                        segment(pflat), segment(gflat))
@@ -212,10 +221,7 @@ class Engine:
         fused = None
         if group.get("fused"):
             fused = _fused.Call(self.spec, kw, *amp)
-            firsts = {fresh for items in packed.values() for _, _, _, fresh in items}
-            firsts |= {self._fresh(state.get(p, _EMPTY), keys) for p, _ in loose}
-            kinds = {(_real_dtype(p.dtype), p.device) for p in params}
-            fused.warm(keys, firsts, kinds, scalar_dtype())
+            fused.warm(keys, {(_real_dtype(p.dtype), p.device) for p in params}, scalar_dtype())
         return _Work(group, keys, on_device, packed, loose, kw, fused)
 
     def execute(self, work: _Work, state: dict) -> None:
@@ -278,11 +284,12 @@ class Engine:
                 if b.steps is not None:
                     steps = b.steps[lo:hi]
                     steps.fill_(1) if fresh else steps.add_(1)
-                    kw["step"] = b.steps[lo] if work.on_device else count + 1
+                    if spec.uses_step:
+                        kw["step"] = b.steps[lo] if work.on_device else count + 1
                 g = real_view(b.gflat[a:z])
                 p = real_view(b.pflat[a:z])
                 if work.fused is not None:
-                    work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), fresh, steps)
+                    work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps)
                     continue
                 kw["first"], kw["scratch"] = fresh, g
                 kw.update(zip(keys, tensors))
@@ -291,7 +298,7 @@ class Engine:
         for i, p, _, fresh in items:
             if fresh:
                 st = state[p]
-                if b.steps is not None:
+                if spec.uses_step:
                     st["step"] = b.steps[i]
                 for k in keys:
                     st[k] = b.views[i][k]
@@ -319,12 +326,14 @@ class Engine:
                 self.counts[p] = count + 1
                 kw["step"] = steps if work.on_device else count + 1
             tensors = [st[k] for k in keys]
+        if work.fused is not None and steps is None:
+            steps = self._private_step(p, fresh)
         scratch = self._scratch_for(p)
         if p.is_complex():
             p, g = torch.view_as_real(p), g if g.is_sparse else torch.view_as_real(g)
             tensors = [t if t.is_sparse else torch.view_as_real(t) for t in tensors]
         if work.fused is not None:
-            work.fused.per_tensor(p, g, dict(zip(keys, tensors)), fresh, steps, scratch)
+            work.fused.per_tensor(p, g, dict(zip(keys, tensors)), steps, scratch)
             return
         kw["first"], kw["scratch"] = fresh, scratch
         kw.update(zip(keys, tensors))
@@ -349,6 +358,14 @@ class Engine:
         view = real_view(_segment_view(buf, p, 0))
         self._scratch_views[id(p)] = view
         return view
+
+    def _private_step(self, p: Tensor, fresh: bool) -> Tensor:
+        """A fused rule without torch's ``step`` still counts applied steps on the device."""
+        step = self._steps.get(id(p))
+        if step is None or fresh:
+            step = torch.full((), 0 if fresh else 1, dtype=scalar_dtype(), device=p.device)
+            self._steps[id(p)] = step
+        return step.add_(1)
 
     def _fresh(self, st: dict, keys: tuple[str, ...]) -> bool:
         """Whether a param has no state yet (torch initialises state at its first step)."""

@@ -22,6 +22,11 @@ from torch import Tensor
 from torch._dynamo.decorators import mark_unbacked
 
 _KERNELS: dict[tuple, Callable[..., None]] = {}
+# Tests trace kernels for a "cuda" that is not there with "aot_eager" under FakeTensorMode.
+BACKEND = "inductor"
+
+
+_LOW = (torch.float16, torch.bfloat16)
 
 
 def _apply(
@@ -34,20 +39,25 @@ def _apply(
     grad_scale: Optional[Tensor],
     found_inf: Optional[Tensor],
 ) -> None:
-    """The body every kernel traces: unscale, update, and undo the update when skipped.
+    """The body every kernel traces: unscale, update, and keep the old values where skipped.
 
-    GradScaler hands the scale and the inf flag as device tensors; dividing and selecting
-    inside the kernel saves the host sync of its own ``found_inf.item()``.
+    fp16/bf16 tensors are updated in fp32 and rounded once on the way out, as torch's fused
+    kernels do. GradScaler hands the scale and the inf flag as device tensors; dividing and
+    selecting inside the kernel saves the host sync of its own ``found_inf.item()``.
     """
+    originals = [p, *states.values()]
+    work = [t.float() if t.dtype in _LOW else t for t in originals]
+    if found_inf is not None:
+        # Where work aliases the original (fp32/fp64), keep the old value to restore.
+        olds = [t.clone() if w is t else t for t, w in zip(originals, work)]
+    g = g.float() if g.dtype in _LOW else g
     if grad_scale is not None:
         g = g / grad_scale
-    if found_inf is not None:
-        before = [p.clone()] + [t.clone() for t in states.values()]
-    rule(p, g, **states, **scalars, **statics, scratch=None)
-    if found_inf is not None:
-        skip = found_inf > 0
-        for new, old in zip([p, *states.values()], before):
-            new.copy_(torch.where(skip, old, new))
+    rule(work[0], g, **dict(zip(states, work[1:])), **scalars, **statics, scratch=None)
+    for t, w, i in zip(originals, work, range(len(work))):
+        new = torch.where(found_inf > 0, olds[i], w) if found_inf is not None else w
+        if new is not t:
+            t.copy_(new)
 
 
 def _template(p, g, states, scalars, grad_scale, found_inf):  # pragma: no cover - traced
@@ -56,14 +66,14 @@ def _template(p, g, states, scalars, grad_scale, found_inf):  # pragma: no cover
 
 def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Callable[..., None]:
     """The compiled kernel for ``rule`` with these static flags, dtype and device."""
-    key = (rule, tuple(sorted(statics.items())), dtype, device)
+    key = (rule, tuple(sorted(statics.items())), dtype, device, BACKEND)
     found = _KERNELS.get(key)
     if found is None:
         name = f"{rule.__name__}_fused_{len(_KERNELS)}"
         code = _template.__code__.replace(co_name=name, co_qualname=name)
         scope = {"__builtins__": builtins, "_apply": _apply, "RULE": rule, "STATICS": dict(statics)}
         fn = types.FunctionType(code, scope, name)
-        found = torch.compile(fn, fullgraph=True, dynamic=True)
+        found = torch.compile(fn, fullgraph=True, dynamic=True, backend=BACKEND)
         _KERNELS[key] = found
     return found
 
@@ -129,43 +139,48 @@ class Call:
             self._scalars[device] = found
         return found
 
-    def _kernel(self, first: bool, dtype: torch.dtype, device: torch.device) -> Callable[..., None]:
-        return kernel(self.rule, {**self.statics, "first": first and self.uses_first}, dtype, device)
+    def _kernel(self, dtype: torch.dtype, device: torch.device) -> Callable[..., None]:
+        statics = self.statics if self.uses_first else {**self.statics, "first": False}
+        return kernel(self.rule, statics, dtype, device)
+
+    def _dynamic(self, scalars: dict[str, Tensor], step: Tensor) -> dict[str, Tensor]:
+        """The per-run numbers: the step, and for rules that read ``first`` whether this is
+        the first *applied* step — on the device, since GradScaler may have skipped the
+        host's first (torch's fused SGD then reads uninitialised momentum)."""
+        scalars = dict(scalars)
+        if self.uses_step:
+            scalars["step"] = step
+        if self.uses_first:
+            scalars["first"] = step == 1
+        return scalars
 
     def _amp(self, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return move(self.grad_scale), move(self.found_inf)
 
-    def warm(self, keys: tuple[str, ...], firsts: set, kinds: set, step_dtype: torch.dtype) -> None:
+    def warm(self, keys: tuple[str, ...], kinds: set, step_dtype: torch.dtype) -> None:
         """Compile every kernel this step needs on 2-element dummies before anything is
         updated: a missing compiler fails here, with nothing half-applied."""
-        for first in firsts:
-            for dtype, device in kinds:
-                fn = self._kernel(first, dtype, device)
-                make = lambda: flat(torch.zeros(2, dtype=dtype, device=device))  # noqa: E731
-                scalars = dict(self.scalars(device))
-                if self.uses_step:
-                    scalars["step"] = torch.ones((), dtype=step_dtype, device=device)
-                grad_scale, found_inf = self._amp(device)
-                try:
-                    fn(make(), make(), {k: make() for k in keys}, scalars, grad_scale, found_inf)
-                except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same advice
-                    raise compiler_error(exc) from exc
+        for dtype, device in kinds:
+            make = lambda: flat(torch.zeros(2, dtype=dtype, device=device))  # noqa: E731
+            scalars = self._dynamic(self.scalars(device), torch.ones((), dtype=step_dtype, device=device))
+            try:
+                self._kernel(dtype, device)(make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
+            except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same advice
+                raise compiler_error(exc) from exc
 
-    def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], first: bool, steps: Optional[Tensor]) -> None:
+    def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor) -> None:
         """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
         already advanced) are wound back where GradScaler found infs."""
-        scalars = self.scalars(p.device)
-        if steps is not None:
-            scalars = {**scalars, "step": steps[0] if steps.dim() else steps}
+        scalars = self._dynamic(self.scalars(p.device), steps[0] if steps.dim() else steps)
         grad_scale, found_inf = self._amp(p.device)
-        self._kernel(first, p.dtype, p.device)(
+        self._kernel(p.dtype, p.device)(
             flat(p), flat(g), {k: flat(t) for k, t in states.items()}, scalars, grad_scale, found_inf
         )
-        if steps is not None and found_inf is not None:
+        if found_inf is not None:
             steps.sub_(found_inf)
 
-    def per_tensor(self, p: Tensor, g: Tensor, states: dict[str, Tensor], first: bool, steps: Optional[Tensor],
+    def per_tensor(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor,
                    scratch: Optional[Tensor]) -> None:
         """One large param, flattened in storage order when its layout allows (a grad of another
         layout is first copied into ``scratch``, which has p's strides), else through
@@ -176,10 +191,10 @@ class Call:
                 g = scratch.copy_(g)
             gf = storage_order(g) if g.stride() == p.stride() else None
             if gf is not None:
-                self(pf, gf, {k: storage_order(t) for k, t in states.items()}, first, steps)
+                self(pf, gf, {k: storage_order(t) for k, t in states.items()}, steps)
                 return
         pc, sc = p.contiguous(), {k: t.contiguous() for k, t in states.items()}
-        self(pc.view(-1), g.contiguous().view(-1), {k: t.view(-1) for k, t in sc.items()}, first, steps)
+        self(pc.view(-1), g.contiguous().view(-1), {k: t.view(-1) for k, t in sc.items()}, steps)
         for dst, src in [(p, pc), *((states[k], sc[k]) for k in states)]:
             if dst.data_ptr() != src.data_ptr():
                 dst.copy_(src)

@@ -54,15 +54,16 @@ def _sparse_adagrad(p: Tensor, g: Tensor, s: Tensor, clr: Scalar, eps: Scalar) -
     # The update is not linear in g, so repeated indices must be summed first.
     g = g.coalesce()
     indices, values = g._indices(), g._values()
-    s.add_(torch.sparse_coo_tensor(indices, values.pow(2), g.shape))
+    s.add_(torch.sparse_coo_tensor(indices, values.pow(2), g.shape, check_invariants=False))
     std = s.sparse_mask(g)._values().sqrt_().add_(eps)
-    sub_scaled_(p, torch.sparse_coo_tensor(indices, values / std, g.shape), clr)
+    sub_scaled_(p, torch.sparse_coo_tensor(indices, values / std, g.shape, check_invariants=False), clr)
 
 
 class Adagrad(Optimizer):
     __doc__ = """Adagrad, a drop-in for ``torch.optim.Adagrad`` (torch 2.14.1's signature,
     defaults, errors and state: ``step`` and ``sum``, created at construction as torch does).
-    Unlike torch, a param group's own ``initial_accumulator_value`` is honoured.
+    Unlike torch, a param group's own ``initial_accumulator_value`` is honoured, and
+    ``capturable=True`` (keyword-only, after torch's arguments) keeps ``step`` on the device.
     """ + (adagrad.__doc__ or "")
 
     _spec = Spec(rule=adagrad, uses_step=True, init=lambda key, t, group: t.fill_(group["initial_accumulator_value"]))
@@ -80,6 +81,7 @@ class Adagrad(Optimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: Optional[bool] = None,
+        capturable: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -91,6 +93,7 @@ class Adagrad(Optimizer):
             "maximize": maximize,
             "differentiable": differentiable,
             "fused": fused,
+            "capturable": capturable,
         }
         self._check_group(defaults)
         _checks.implementation(defaults)
@@ -102,11 +105,13 @@ class Adagrad(Optimizer):
         """torch creates Adagrad's state at construction (params added later get theirs at their
         first step); the accumulator starts at the group's ``initial_accumulator_value``
         (torch reads only the constructor's)."""
+        on_device = group["fused"] or group["capturable"]
         for p in group["params"]:
             state = self.state[p]
-            state["step"] = torch.tensor(0.0, dtype=scalar_dtype())
+            state["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
             state["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             self._spec.init("sum", real_view(state["sum"]), group)
+            self._engine.counts[p] = 0  # known: no need to read the (device) step back
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -115,6 +120,7 @@ class Adagrad(Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("differentiable", False)
             group.setdefault("fused", None)
+            group.setdefault("capturable", False)
 
     def share_memory(self) -> None:
         """Calls ``tensor.share_memory_()`` on the state sum tensors (as torch's Adagrad)."""
@@ -133,7 +139,7 @@ class Adagrad(Optimizer):
         ):
             value = group[name]
             _checks.real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=outside)
-        for name in ("maximize", "differentiable"):
+        for name in ("maximize", "differentiable", "capturable"):
             _checks.flag(name, group[name])
         for name in ("foreach", "fused"):
             _checks.flag(name, group[name], optional=True)

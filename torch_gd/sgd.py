@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+import torch
 from torch import Tensor
 
 from . import _checks
@@ -17,7 +18,7 @@ def sgd(
     g: Tensor,
     *,
     momentum_buffer: Optional[Tensor] = None,
-    first: bool,
+    first: Union[bool, Tensor],
     lr: Scalar,
     momentum: Scalar,
     dampening: Scalar,
@@ -42,7 +43,10 @@ def sgd(
         g = add_scaled(g, p, weight_decay, out=scratch)
     d, b = g, momentum_buffer
     if b is not None:
-        if first:
+        if isinstance(first, Tensor):
+            # Fused: whether this is the first applied step is known only on the device.
+            b.copy_(torch.where(first, g, add_scaled(b * momentum, g, 1 - dampening)))
+        elif first:
             assign_(b, g.detach())
         else:
             add_scaled_(b.mul_(momentum), g, 1 - dampening)
@@ -54,7 +58,8 @@ class SGD(Optimizer):
     __doc__ = """Stochastic gradient descent, a drop-in for ``torch.optim.SGD``.
 
     Same signature, defaults, state (``momentum_buffer``) and results as torch 2.14.1's SGD;
-    see the README for where torch_gd deliberately differs.
+    see the README for where torch_gd deliberately differs. ``capturable`` (keyword-only, after
+    torch's arguments) is accepted for symmetry: SGD keeps no step and never reads the device.
     """ + (sgd.__doc__ or "")
 
     _spec = Spec(rule=sgd, uses_first=True)
@@ -72,6 +77,7 @@ class SGD(Optimizer):
         foreach: Optional[bool] = None,
         differentiable: bool = False,
         fused: Optional[bool] = None,
+        capturable: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -83,6 +89,7 @@ class SGD(Optimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "fused": fused,
+            "capturable": capturable,
         }
         self._check_group(defaults)
         _checks.implementation(defaults)
@@ -96,6 +103,7 @@ class SGD(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
+            group.setdefault("capturable", False)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -103,7 +111,7 @@ class SGD(Optimizer):
         _checks.real("momentum", momentum, torch_message=f"Invalid momentum value: {momentum}")
         _checks.real("dampening", group["dampening"], high=1.0, tensor_ok=False)
         _checks.real("weight_decay", wd, torch_message=f"Invalid weight_decay value: {wd}")
-        for name in ("nesterov", "maximize", "differentiable"):
+        for name in ("nesterov", "maximize", "differentiable", "capturable"):
             _checks.flag(name, group[name])
         for name in ("foreach", "fused"):
             _checks.flag(name, group[name], optional=True)

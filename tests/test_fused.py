@@ -1,0 +1,194 @@
+"""The fused path: every optimizer's rule compiled by torch.compile, against the eager path and
+torch, on every layout, with GradScaler, without recompiles, and traced for a fake "cuda".
+
+Compiling is the expensive part (seconds per kernel with a cold cache), so these tests use one
+configuration per optimizer and share the process-wide kernel cache.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from torch_gd import _engine, _fused
+
+from .helpers import assert_params_close, assert_state_close, tol
+from .registry import CASES
+
+cases = pytest.mark.parametrize("case", CASES, ids=repr)
+
+
+def _layouts(dtype=torch.float32, seed=0):
+    """Params of every shape class and layout, each with a grad maker of another layout."""
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype)  # noqa: E731
+    big = _engine.PACK_MAX_NUMEL + 7
+    return [
+        r(3, 4), r(()), r(0), r(1), r(5, 6).t(),
+        r(2, 3, 4, 5).contiguous(memory_format=torch.channels_last),
+        r(big), r(2, big // 2 + 1).t(), r(2 * big)[::2],
+        r(4, 8, 32, 33).contiguous(memory_format=torch.channels_last),
+    ]
+
+
+def _grad(p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    g = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype)
+    return g.contiguous() if p.dim() == 4 else g  # channels_last params get contiguous grads
+
+
+def _pair(case, fused_kw=None, dtype=torch.float32):
+    tensors = _layouts(dtype)
+    ours = [torch.nn.Parameter(t.clone()) for t in tensors]
+    for p, t in zip(ours, tensors):  # keep each layout (clone keeps strides only when dense)
+        p.data = t.clone().detach() if not t.is_contiguous() and t.dim() < 4 else p.data
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = copy.deepcopy(case.typical)
+    return ours, theirs, case.ours(ours, fused=True, **(fused_kw or {}), **kw), kw
+
+
+@cases
+def test_fused_matches_torch_for_loop_on_every_layout(case):
+    """Single steps from the same state at fp32 tolerance (compiled code rounds differently, so
+    each step starts from torch's values again); one param has no grad at step 2."""
+    ours, theirs, opt, kw = _pair(case)
+    ref = case.theirs(theirs, foreach=False, **kw)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(4):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            p.grad = None if (step == 1 and i == 0) else _grad(p, gen)
+            q.grad = None if p.grad is None else p.grad.clone()
+        opt.step(), ref.step()
+        assert_params_close(ours, theirs, **tol(torch.float32))
+        assert_state_close(opt, ref, **tol(torch.float32))
+        for p, q in zip(ours, theirs):
+            p.data.copy_(q.data)
+        opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+        opt.param_groups[0]["fused"] = True
+        for group in opt.param_groups:
+            group["foreach"] = None
+    assert all(opt.state[p]["step"].device == p.device for p in ours if "step" in opt.state[p])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("Adam", "SGD")], ids=repr)
+def test_bf16_fused_is_fp32_maths_rounded_once(case):
+    """For bf16 the reference is the eager rule run in fp32 on the same (upcast) state, rounded
+    once to bf16, as torch's fused kernels compute: within one bf16 ulp (2^-7 relative)."""
+    p = torch.nn.Parameter(torch.randn(1000, generator=torch.Generator().manual_seed(0)).bfloat16())
+    opt = case.ours([p], fused=True, **case.typical)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        p.grad = torch.randn(1000, generator=gen).bfloat16()
+        ref_p = torch.nn.Parameter(p.detach().float())
+        ref = case.ours([ref_p], **case.typical)
+        if opt.state[p]:
+            sd = copy.deepcopy(opt.state_dict())
+            ref.load_state_dict(sd)  # casts state to fp32
+        ref_p.grad = p.grad.float()
+        ref.step(), opt.step()
+        torch.testing.assert_close(p.detach(), ref_p.detach().bfloat16(), rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_gradscaler_unscales_inside_and_skips_without_touching_anything(name):
+    case = next(c for c in CASES if c.name == name)
+    kw = {**case.typical, **({"dampening": 0.3} if name == "SGD" else {})}
+    p = torch.nn.Parameter(torch.randn(6, 5))
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = case.ours([p], fused=True, **kw)
+    ref = case.ours([q], **kw)  # eager, fed the unscaled grads of the steps that are not skipped
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(5):
+        g = torch.randn(6, 5, generator=gen)
+        skip = step in (0, 3)  # the very first step too: momentum must still start from g
+        opt.zero_grad()
+        (scaler.scale((p * g).sum()) * (float("inf") if skip else 1.0)).backward()
+        before = (p.detach().clone(), copy.deepcopy(opt.state_dict()["state"]))
+        if step == 2:
+            scaler.unscale_(opt)  # then the optimizer sees grad_scale=None
+        scaler.step(opt)
+        scaler.update()
+        if skip:
+            assert torch.equal(p.detach(), before[0])
+            after = opt.state_dict()["state"]
+            for i in after:
+                for k in after[i]:
+                    # State created by this step (as torch creates it) keeps its initial zeros.
+                    old = before[1].get(i, {}).get(k, torch.zeros_like(after[i][k]))
+                    assert torch.equal(after[i][k], old), k
+        else:
+            q.grad = g.clone()
+            ref.step()
+            torch.testing.assert_close(p.detach(), q.detach(), **tol(torch.float32))
+
+
+def test_no_recompiles_after_the_first_step():
+    """50 steps of varied shapes with lr, momentum and weight decay changing every step (as a
+    scheduler would) compile nothing after step 1: the numbers enter kernels as 0-dim tensors
+    and sizes are unbacked."""
+    from torch._dynamo.utils import counters
+
+    import torch_gd
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(), (0,), (1,), (2,), (3, 4), (7, 1, 3), (_engine.PACK_MAX_NUMEL + 1,), (1, 1)]
+    for cls, kw in ((torch_gd.Adam, dict(lr=1e-3, weight_decay=1e-2)), (torch_gd.SGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-2))):
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+        opt = cls(params, fused=True, **kw)
+        compiled_after_first = None
+        for step in range(50):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.param_groups[0]["lr"] = 1e-3 * (1 + step)
+            opt.param_groups[0]["weight_decay"] = 1e-2 / (1 + step)
+            if cls is torch_gd.SGD:
+                opt.param_groups[0]["momentum"] = 0.9 - step * 1e-3
+            opt.step()
+            if step == 0:
+                compiled_after_first = counters["stats"]["unique_graphs"]
+        assert counters["stats"]["unique_graphs"] == compiled_after_first, cls
+
+
+@cases
+def test_fused_traces_for_a_fake_cuda_device(case):
+    """Inductor cannot build CUDA kernels without a driver; dynamo with aot_eager can trace the
+    same kernels under FakeTensorMode on "cuda" with fullgraph=True, which proves they hold no
+    graph break, no .item() and no host tensor mixed into device ops; state stays on "cuda"."""
+    old = _fused.BACKEND
+    _fused.BACKEND = "aot_eager"
+    try:
+        with FakeTensorMode():
+            params = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in [(3, 4), (5,), (_engine.PACK_MAX_NUMEL + 1,)]]
+            opt = case.ours(params, fused=True, **{**case.typical, "lr": torch.tensor(0.01, device="cuda")})
+            for _ in range(2):
+                for p in params:
+                    p.grad = torch.randn_like(p)
+                opt.step()
+            for p in params:
+                for k, v in opt.state[p].items():
+                    assert v.device == p.device, (k, v.device)
+    finally:
+        _fused.BACKEND = old
+
+
+def test_a_compiler_failure_names_the_fix_and_touches_nothing():
+    import torch_gd
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    old = _fused.BACKEND
+    _fused.BACKEND = broken
+    try:
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = torch_gd.Adam([p], fused=True)
+        p.grad = torch.ones(3)
+        with pytest.raises(RuntimeError, match="fused=False"):
+            opt.step()
+        assert torch.equal(p.detach(), torch.ones(3))
+        assert all(float(s["step"]) == 0 for s in opt.state.values())
+    finally:
+        _fused.BACKEND = old
