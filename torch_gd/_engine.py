@@ -38,14 +38,24 @@ class Spec:
     state tensors in place; the state tensors are passed by their torch key names (the
     optimizer's ``_state_keys(group)``), as real views for complex params. ``uses_step`` keeps
     torch's 0-dim ``step`` tensor per param and passes the step count to the rule.
-    ``uses_first`` marks rules that read ``first`` (their fused kernel has a first-step variant).
-    ``init`` fills a state tensor (a real view) before its param's first step.
+    ``uses_first`` marks rules that read ``first``. ``init`` fills a state tensor (a real view)
+    before its param's first step. ``coefficients(step, **hyper)`` derives the step's scalars
+    the rule reads (bias corrections), so that a fused kernel gets them precomputed.
     """
 
     rule: Callable[..., None]
     uses_step: bool = False
     uses_first: bool = False
     init: Callable[[str, Tensor, dict], Any] = lambda key, t, group: t.zero_()
+    coefficients: Optional[Callable[..., dict[str, Any]]] = None
+
+    def with_coefficients(self, kw: dict[str, Any]) -> dict[str, Any]:
+        """``kw`` plus the step's scalar coefficients (bias corrections, decayed rates): a
+        function of the step and the hyperparameters, computed once per run rather than
+        inside the elementwise update."""
+        if self.coefficients is not None:
+            kw.update(self.coefficients(**kw))
+        return kw
 
 
 @dataclass(eq=False)
@@ -293,7 +303,7 @@ class Engine:
                     continue
                 kw["first"], kw["scratch"] = fresh, g
                 kw.update(zip(keys, tensors))
-                spec.rule(p, g, **kw)
+                spec.rule(p, g, **spec.with_coefficients(kw))
         torch._foreach_copy_([p for _, p, _, _ in items], [b.pviews[i] for i in idx])
         for i, p, _, fresh in items:
             if fresh:
@@ -337,7 +347,7 @@ class Engine:
             return
         kw["first"], kw["scratch"] = fresh, scratch
         kw.update(zip(keys, tensors))
-        spec.rule(p, g, **kw)
+        spec.rule(p, g, **spec.with_coefficients(kw))
 
     def _scratch_for(self, p: Tensor) -> Optional[Tensor]:
         """A p-shaped tensor for the rule's temporaries, reused across params and steps.

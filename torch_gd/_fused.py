@@ -19,9 +19,8 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from torch._dynamo.decorators import mark_unbacked
-
 _KERNELS: dict[tuple, Callable[..., None]] = {}
+_WARM: set[tuple] = set()
 # Tests trace kernels for a "cuda" that is not there with "aot_eager" under FakeTensorMode.
 BACKEND = "inductor"
 
@@ -64,9 +63,13 @@ def _template(p, g, states, scalars, grad_scale, found_inf):  # pragma: no cover
     _apply(RULE, STATICS, p, g, states, scalars, grad_scale, found_inf)  # noqa: F821
 
 
+def _key(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype, device: torch.device) -> tuple:
+    return (rule, tuple(sorted(statics.items())), dtype, device, BACKEND)
+
+
 def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype, device: torch.device) -> Callable[..., None]:
     """The compiled kernel for ``rule`` with these static flags, dtype and device."""
-    key = (rule, tuple(sorted(statics.items())), dtype, device, BACKEND)
+    key = _key(rule, statics, dtype, device)
     found = _KERNELS.get(key)
     if found is None:
         name = f"{rule.__name__}_fused_{len(_KERNELS)}"
@@ -76,12 +79,6 @@ def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtyp
         found = torch.compile(fn, fullgraph=True, dynamic=True, backend=BACKEND)
         _KERNELS[key] = found
     return found
-
-
-def flat(t: Tensor) -> Tensor:
-    """A 1-D view whose size the compiled graph treats as unknown (no 0/1 specialisation)."""
-    mark_unbacked(t, 0)
-    return t
 
 
 def storage_order(t: Tensor) -> Optional[Tensor]:
@@ -112,9 +109,9 @@ class Call:
     each device (converted once per step, not once per kernel call)."""
 
     def __init__(self, spec: Any, kw: dict[str, Any], grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+        self.spec = spec
         self.rule = spec.rule
         self.uses_first = spec.uses_first
-        self.uses_step = spec.uses_step
         self.statics: dict[str, Any] = {}
         self.numbers: dict[str, Any] = {}
         for name, value in kw.items():
@@ -139,17 +136,21 @@ class Call:
             self._scalars[device] = found
         return found
 
-    def _kernel(self, dtype: torch.dtype, device: torch.device) -> Callable[..., None]:
-        statics = self.statics if self.uses_first else {**self.statics, "first": False}
-        return kernel(self.rule, statics, dtype, device)
+    def _statics(self) -> dict[str, Any]:
+        return self.statics if self.uses_first else {**self.statics, "first": False}
 
-    def _dynamic(self, scalars: dict[str, Tensor], step: Tensor) -> dict[str, Tensor]:
-        """The per-run numbers: the step, and for rules that read ``first`` whether this is
-        the first *applied* step — on the device, since GradScaler may have skipped the
-        host's first (torch's fused SGD then reads uninitialised momentum)."""
+    def _dynamic(self, scalars: dict[str, Tensor], step: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
+        """The per-run numbers: the step's coefficients (float64, cast once to the compute
+        dtype), and for rules that read ``first`` whether this is the first *applied* step —
+        on the device, since GradScaler may have skipped the host's first (torch's fused SGD
+        then reads uninitialised momentum)."""
         scalars = dict(scalars)
-        if self.uses_step:
+        if self.spec.uses_step:
             scalars["step"] = step
+        if self.spec.coefficients is not None:
+            compute = torch.float32 if dtype in _LOW else dtype
+            coefficients = self.spec.coefficients(**scalars)
+            scalars.update((k, v.to(compute)) for k, v in coefficients.items())
         if self.uses_first:
             scalars["first"] = step == 1
         return scalars
@@ -162,21 +163,27 @@ class Call:
         """Compile every kernel this step needs on 2-element dummies before anything is
         updated: a missing compiler fails here, with nothing half-applied."""
         for dtype, device in kinds:
-            make = lambda: flat(torch.zeros(2, dtype=dtype, device=device))  # noqa: E731
-            scalars = self._dynamic(self.scalars(device), torch.ones((), dtype=step_dtype, device=device))
+            key = _key(self.rule, self._statics(), dtype, device)
+            if key in _WARM:
+                continue
+            make = lambda: torch.zeros(2, dtype=dtype, device=device)  # noqa: E731
+            scalars = self._dynamic(self.scalars(device), torch.ones((), dtype=step_dtype, device=device), dtype)
             try:
-                self._kernel(dtype, device)(make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
+                kernel(self.rule, self._statics(), dtype, device)(
+                    make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
             except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same advice
                 raise compiler_error(exc) from exc
+            _WARM.add(key)
 
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor) -> None:
         """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
         already advanced) are wound back where GradScaler found infs."""
-        scalars = self._dynamic(self.scalars(p.device), steps[0] if steps.dim() else steps)
+        scalars = self._dynamic(self.scalars(p.device), steps[0] if steps.dim() else steps, p.dtype)
         grad_scale, found_inf = self._amp(p.device)
-        self._kernel(p.dtype, p.device)(
-            flat(p), flat(g), {k: flat(t) for k, t in states.items()}, scalars, grad_scale, found_inf
-        )
+        if p.numel() < 2:
+            _apply(self.rule, self._statics(), p, g, states, scalars, grad_scale, found_inf)
+        else:
+            kernel(self.rule, self._statics(), p.dtype, p.device)(p, g, states, scalars, grad_scale, found_inf)
         if found_inf is not None:
             steps.sub_(found_inf)
 

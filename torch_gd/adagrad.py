@@ -20,6 +20,7 @@ def adagrad(
     sum: Tensor,
     first: bool,
     step: Scalar,
+    clr: Scalar,
     lr: Scalar,
     lr_decay: Scalar,
     weight_decay: Scalar,
@@ -31,9 +32,10 @@ def adagrad(
 
         g ← −g                       if maximize
         g ← g + λ·p                  if λ ≠ 0
-        η_t = η / (1 + (t − 1)·δ)
         s ← s + g²
         p ← p − η_t · g / (√s + ε)
+
+    with η_t (``clr``) from :func:`adagrad_coefficients`.
 
     A sparse g updates only the entries it touches (its indices coalesced first).
     """
@@ -42,12 +44,16 @@ def adagrad(
         g = neg(g, out=scratch)
     if enabled(weight_decay):
         g = add_scaled(g, p, weight_decay, out=scratch)
-    clr = lr / (1 + (step - 1) * lr_decay)
     if g.is_sparse:
         _sparse_adagrad(p, g, s, clr, eps)
         return
     addcmul_(s, g, g, 1)
     add_ratio_(p, g, s.sqrt().add_(eps), -clr)
+
+
+def adagrad_coefficients(step: Scalar, lr: Scalar, lr_decay: Scalar, **_: Any) -> dict[str, Scalar]:
+    """The step's decayed rate: η_t = η / (1 + (t − 1)·δ)."""
+    return {"clr": lr / (1 + (step - 1) * lr_decay)}
 
 
 def _sparse_adagrad(p: Tensor, g: Tensor, s: Tensor, clr: Scalar, eps: Scalar) -> None:
@@ -66,7 +72,7 @@ class Adagrad(Optimizer):
     ``capturable=True`` (keyword-only, after torch's arguments) keeps ``step`` on the device.
     """ + (adagrad.__doc__ or "")
 
-    _spec = Spec(rule=adagrad, uses_step=True, init=lambda key, t, group: t.fill_(group["initial_accumulator_value"]))
+    _spec = Spec(rule=adagrad, uses_step=True, coefficients=adagrad_coefficients, init=lambda key, t, group: t.fill_(group["initial_accumulator_value"]))
 
     def __init__(
         self,

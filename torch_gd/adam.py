@@ -34,6 +34,8 @@ def adam(
     max_exp_avg_sq: Optional[Tensor] = None,
     first: bool,
     step: Scalar,
+    step_size: Scalar,
+    bias_correction2_sqrt: Scalar,
     lr: Scalar,
     beta1: Scalar,
     beta2: Scalar,
@@ -53,9 +55,10 @@ def adam(
         m ← m + (1 − β₁)·(g − m)
         v ← β₂·v + (1 − β₂)·g²
         v_max ← max(v_max, v)           if amsgrad, and v_max replaces v below
-        p ← p − η/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+        p ← p − η_t · m / (√v / √(1 − β₂ᵗ) + ε)
 
-    The bias corrections are float64. Temporaries go to ``scratch`` when the engine gives one.
+    with η_t (``step_size``) and √(1 − β₂ᵗ) (``bias_correction2_sqrt``) from
+    :func:`adam_coefficients`. Temporaries go to ``scratch`` when the engine gives one.
     """
     m, v = exp_avg, exp_avg_sq
     if maximize:
@@ -69,9 +72,16 @@ def adam(
     addcmul_(scale_(v, beta2), g, g, 1 - beta2)
     if amsgrad:
         v = maximum_(max_exp_avg_sq, v)
-    step_size = lr / bias_correction(beta1, step)
-    denom = sqrt(v, out=scratch).div_(bias_correction(beta2, step) ** 0.5).add_(eps)
+    denom = sqrt(v, out=scratch).div_(bias_correction2_sqrt).add_(eps)
     add_ratio_(p, m, denom, -step_size)
+
+
+def adam_coefficients(step: Scalar, lr: Scalar, beta1: Scalar, beta2: Scalar, **_: Any) -> dict[str, Scalar]:
+    """The step's scalars, in float64: η_t = η/(1 − β₁ᵗ) and √(1 − β₂ᵗ)."""
+    return {
+        "step_size": lr / bias_correction(beta1, step),
+        "bias_correction2_sqrt": bias_correction(beta2, step) ** 0.5,
+    }
 
 
 class Adam(Optimizer):
@@ -80,7 +90,7 @@ class Adam(Optimizer):
     ``capturable=True`` also works on the CPU, and tensor ``lr``/``betas`` work on every path.
     """ + (adam.__doc__ or "")
 
-    _spec = Spec(rule=adam, uses_step=True)
+    _spec = Spec(rule=adam, uses_step=True, coefficients=adam_coefficients)
 
     def __init__(
         self,
