@@ -67,14 +67,14 @@ class _Bucket:
     flat: dict[str, Tensor]
     views: list[dict[str, Tensor]]
     steps: Optional[Tensor]
+    step_views: list[Optional[Tensor]]  # torch's 0-dim ``step`` per param, views of ``steps``
     pflat: Tensor
     gflat: Tensor
     pviews: list[Tensor]
     gviews: list[Tensor]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pflat.dtype
+    dtype: torch.dtype
+    # Per param, the tensor that must still be ``state[p][probe]`` if nobody replaced it.
+    probes: list[Optional[Tensor]]
 
 
 @dataclass
@@ -133,7 +133,7 @@ class Engine:
         self.spec = spec
         # Steps taken per param, mirrored on the host so that grouping params by step count
         # and non-capturable bias corrections never read a device tensor.
-        self.counts: dict[Tensor, int] = {}
+        self.counts: dict[int, int] = {}  # by id(param): ints hash faster than tensors
         self.sparse: set[int] = set()
         self._plans: dict[int, _Plan] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -177,9 +177,10 @@ class Engine:
         make = lambda: torch.zeros(total, dtype=like.dtype, device=like.device)  # noqa: E731
         flat = {k: make() for k in keys}
         pflat, gflat = make(), make()
-        steps = None
+        steps, step_views = None, [None] * len(params)
         if counted:
             steps = torch.zeros(len(params), dtype=scalar_dtype(), device=like.device if on_device else "cpu")
+            step_views = list(steps.unbind())
         segment = lambda buf: [_segment_view(buf, p, o) for p, o in zip(params, offsets)]  # noqa: E731
         per_key = {k: segment(flat[k]) for k in keys}
         views = [{k: per_key[k][i] for k in keys} for i in range(len(params))]
@@ -195,9 +196,10 @@ class Engine:
             if steps is not None:
                 steps[i] = self._count(p, st) if self.spec.uses_step else 1
             if self.spec.uses_step:
-                st["step"] = steps[i]
-        return _Bucket(params, offsets + [total], flat, views, steps, pflat, gflat,
-                       segment(pflat), segment(gflat))
+                st["step"] = step_views[i]
+        probes = [v[keys[0]] for v in views] if keys else step_views
+        return _Bucket(params, offsets + [total], flat, views, steps, step_views, pflat, gflat,
+                       segment(pflat), segment(gflat), like.dtype, probes)
 
     # ---------------------------------------------------------------- running
 
@@ -231,7 +233,9 @@ class Engine:
         fused = None
         if group.get("fused"):
             fused = _fused.Call(self.spec, kw, *amp)
-            fused.warm(keys, {(_real_dtype(p.dtype), p.device) for p in params}, scalar_dtype())
+            kinds = {(_real_dtype(b.dtype), b.pflat.device) for b in packed}
+            kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
+            fused.warm(keys, kinds, scalar_dtype())
         return _Work(group, keys, on_device, packed, loose, kw, fused)
 
     def execute(self, work: _Work, state: dict) -> None:
@@ -251,7 +255,7 @@ class Engine:
         probe = keys[0] if keys else "step"
         packed: dict[_Bucket, list] = defaultdict(list)
         loose = []
-        where = plan.where
+        where, lookup = plan.where, state.get
         for p, g in zip(params, grads):
             hit = where.get(id(p))
             if hit is None:
@@ -265,10 +269,10 @@ class Engine:
                 return None
             fresh = False
             if stateful:
-                current = state.get(p, _EMPTY).get(probe)
+                current = lookup(p, _EMPTY).get(probe)
                 if current is None:
                     fresh = True
-                elif current is not (b.steps[i] if probe == "step" else b.views[i][probe]):
+                elif current is not b.probes[i]:
                     return None
             packed[b].append((i, p, g, fresh))
         return packed, loose
@@ -281,7 +285,7 @@ class Engine:
         # Params that share a step count and freshness share one run of rule calls.
         classes: dict[Hashable, list[int]] = defaultdict(list)
         for i, p, _, fresh in items:
-            count = 0 if fresh or not spec.uses_step else self.counts.get(p, 0)
+            count = 0 if fresh or not spec.uses_step else self.counts.get(id(p), 0)
             classes[(fresh, count)].append(i)
         for (fresh, count), members in classes.items():
             for lo, hi in _runs(members):
@@ -295,7 +299,7 @@ class Engine:
                     steps = b.steps[lo:hi]
                     steps.fill_(1) if fresh else steps.add_(1)
                     if spec.uses_step:
-                        kw["step"] = b.steps[lo] if work.on_device else count + 1
+                        kw["step"] = b.step_views[lo] if work.on_device else count + 1
                 g = real_view(b.gflat[a:z])
                 p = real_view(b.pflat[a:z])
                 if work.fused is not None:
@@ -309,11 +313,11 @@ class Engine:
             if fresh:
                 st = state[p]
                 if spec.uses_step:
-                    st["step"] = b.steps[i]
+                    st["step"] = b.step_views[i]
                 for k in keys:
                     st[k] = b.views[i][k]
             if spec.uses_step:
-                self.counts[p] = (0 if fresh else self.counts.get(p, 0)) + 1
+                self.counts[id(p)] = (0 if fresh else self.counts.get(id(p), 0)) + 1
 
     def _run_one(self, p: Tensor, g: Tensor, work: _Work, state) -> None:
         """The per-tensor path: the same rule on one param and its own state tensors."""
@@ -333,7 +337,7 @@ class Engine:
                 count = 0 if fresh else self._count(p, st)
                 steps = st["step"]
                 steps += 1
-                self.counts[p] = count + 1
+                self.counts[id(p)] = count + 1
                 kw["step"] = steps if work.on_device else count + 1
             tensors = [st[k] for k in keys]
         if work.fused is not None and steps is None:
@@ -383,10 +387,10 @@ class Engine:
 
     def _count(self, p: Tensor, st: dict) -> int:
         """Steps taken so far: our mirror, or once after a load, the value stored in ``step``."""
-        count = self.counts.get(p)
+        count = self.counts.get(id(p))
         if count is None:
             count = int(float(st.get("step", 0)))
-            self.counts[p] = count
+            self.counts[id(p)] = count
         return count
 
 

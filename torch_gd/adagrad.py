@@ -117,7 +117,7 @@ class Adagrad(Optimizer):
             state["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
             state["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             self._spec.init("sum", real_view(state["sum"]), group)
-            self._engine.counts[p] = 0  # known: no need to read the (device) step back
+            self._engine.counts[id(p)] = 0  # known: no need to read the (device) step back
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
