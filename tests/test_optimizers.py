@@ -8,7 +8,6 @@ import inspect
 import io
 import pickle
 import re
-import warnings
 
 import pytest
 import torch

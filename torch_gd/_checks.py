@@ -62,6 +62,14 @@ def real(
         raise ValueError(f"Invalid {name} value: {value} ({name} must be in {allowed})")
 
 
+def torch_nonnegative(group: dict, labels: dict[str, str]) -> None:
+    """torch's ``if not 0.0 <= x: raise ValueError(f"Invalid {label}: {x}")`` for each of
+    ``labels`` (name → label), which NaN fails too; above that, finite values only."""
+    for name, label in labels.items():
+        value = group[name]
+        real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=lambda x: not 0.0 <= x)
+
+
 def flag(name: str, value: Any, *, optional: bool = False) -> None:
     """Check a switch is a bool (or None where torch lets the implementation choose)."""
     if optional and value is None:

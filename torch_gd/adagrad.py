@@ -72,7 +72,10 @@ class Adagrad(Optimizer):
     ``capturable=True`` (keyword-only, after torch's arguments) keeps ``step`` on the device.
     """ + (adagrad.__doc__ or "")
 
-    _spec = Spec(rule=adagrad, uses_step=True, coefficients=adagrad_coefficients, init=lambda key, t, group: t.fill_(group["initial_accumulator_value"]))
+    _spec = Spec(rule=adagrad, uses_step=True, coefficients=adagrad_coefficients,
+                 init=lambda key, t, group: t.fill_(group["initial_accumulator_value"]))
+    _flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None,
+                      "capturable": False}
 
     def __init__(
         self,
@@ -101,8 +104,6 @@ class Adagrad(Optimizer):
             "fused": fused,
             "capturable": capturable,
         }
-        self._check_group(defaults)
-        _checks.implementation(defaults)
         super().__init__(params, defaults)
         for group in self.param_groups:
             self._init_state(group)
@@ -119,15 +120,6 @@ class Adagrad(Optimizer):
             self._spec.init("sum", real_view(state["sum"]), group)
             self._engine.counts[id(p)] = 0  # known: no need to read the (device) step back
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
-            group.setdefault("capturable", False)
-
     def share_memory(self) -> None:
         """Calls ``tensor.share_memory_()`` on the state sum tensors (as torch's Adagrad)."""
         for group in self.param_groups:
@@ -135,20 +127,14 @@ class Adagrad(Optimizer):
                 self.state[p]["sum"].share_memory_()
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        outside = lambda x: not 0.0 <= x  # noqa: E731  (torch's test: NaN fails it too)
-        for name, label in (
-            ("lr", "learning rate"),
-            ("lr_decay", "lr_decay value"),
-            ("weight_decay", "weight_decay value"),
-            ("initial_accumulator_value", "initial_accumulator_value value"),
-            ("eps", "epsilon value"),
-        ):
-            value = group[name]
-            _checks.real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=outside)
-        for name in ("maximize", "differentiable", "capturable"):
-            _checks.flag(name, group[name])
-        for name in ("foreach", "fused"):
-            _checks.flag(name, group[name], optional=True)
+        _checks.torch_nonnegative(group, {
+            "lr": "learning rate",
+            "lr_decay": "lr_decay value",
+            "weight_decay": "weight_decay value",
+            "initial_accumulator_value": "initial_accumulator_value value",
+            "eps": "epsilon value",
+        })
+        super()._check_group(group)
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
         if group.get("fused"):

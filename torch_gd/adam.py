@@ -91,6 +91,8 @@ class Adam(Optimizer):
     """ + (adam.__doc__ or "")
 
     _spec = Spec(rule=adam, uses_step=True, coefficients=adam_coefficients)
+    _flag_defaults = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                      "differentiable": False, "decoupled_weight_decay": False, "fused": None}
 
     def __init__(
         self,
@@ -121,27 +123,16 @@ class Adam(Optimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        self._check_group(defaults)
-        defaults["betas"] = tuple(_squeeze(b) for b in betas)
-        _checks.implementation(defaults)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            group.setdefault("fused", None)
+    def _normalize(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        # torch stores 1-element tensor betas as 0-dim tensors.
+        betas = tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in defaults["betas"])
+        return {**defaults, "betas": betas}
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        lr, eps, betas, wd = group["lr"], group["eps"], group["betas"], group["weight_decay"]
-        outside = lambda x: not 0.0 <= x  # noqa: E731  (torch's test: NaN fails it too)
-        _checks.real("lr", lr, torch_message=f"Invalid learning rate: {lr}", torch_rejects=outside)
-        _checks.real("eps", eps, torch_message=f"Invalid epsilon value: {eps}", torch_rejects=outside)
+        betas = group["betas"]
+        _checks.torch_nonnegative(group, {"lr": "learning rate", "eps": "epsilon value"})
         _checks.pair("betas", betas)
         for i, beta in enumerate(betas):
             _checks.real(
@@ -149,13 +140,10 @@ class Adam(Optimizer):
                 torch_message=f"Invalid beta parameter at index {i}: {beta}",
                 torch_rejects=lambda x: not 0.0 <= x < 1.0,
             )
-        _checks.real("weight_decay", wd, torch_message=f"Invalid weight_decay value: {wd}", torch_rejects=outside)
+        _checks.torch_nonnegative(group, {"weight_decay": "weight_decay value"})
         if not (all(isinstance(b, float) for b in betas) or all(isinstance(b, Tensor) for b in betas)):
             raise ValueError("betas must be either both floats or both Tensors")
-        for name in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay"):
-            _checks.flag(name, group[name])
-        for name in ("foreach", "fused"):
-            _checks.flag(name, group[name], optional=True)
+        super()._check_group(group)
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
         return "Adam does not support sparse gradients, please consider SparseAdam instead"
@@ -207,7 +195,3 @@ class AdamW(Adam):
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True
 
-
-def _squeeze(x: Any) -> Any:
-    """torch stores 1-element tensor betas as 0-dim tensors."""
-    return x.squeeze() if isinstance(x, Tensor) and x.dim() != 0 else x

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _use_grad_for_differentiable
 
+from . import _checks
 from ._engine import Engine, Spec, scalar_dtype
 
 
@@ -21,8 +22,13 @@ class Optimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose step runs one update rule through the shared engine."""
 
     _spec: Spec
+    # Flags a group from an older checkpoint may lack, and the value torch gives them.
+    _flag_defaults: dict[str, Any] = {}
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self._check_group(defaults)
+        defaults = self._normalize(defaults)
+        _checks.implementation(defaults)
         self._engine = Engine(self._spec)
         super().__init__(params, defaults)
         if defaults.get("fused"):
@@ -32,7 +38,15 @@ class Optimizer(torch.optim.Optimizer):
     # -------------------------------------------------------------- subclass hooks
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        """Raise for bad hyperparameters in ``group`` (torch's errors where torch has them)."""
+        """Raise for bad hyperparameters in ``group`` (torch's errors where torch has them).
+
+        Subclasses check their numbers and call this for the switches."""
+        for name, default in self._flag_defaults.items():
+            _checks.flag(name, group[name], optional=name in ("foreach", "fused"))
+
+    def _normalize(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """Defaults as torch stores them, once checked."""
+        return defaults
 
     def _state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """The per-param state tensors this group's options need, in torch's order."""
@@ -57,6 +71,9 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for group in self.param_groups:
+            for name, default in self._flag_defaults.items():
+                group.setdefault(name, default)
         # State tensors were replaced (load_state_dict, unpickling, deepcopy): re-pack them.
         self._engine = Engine(self._spec)
         if self._spec.uses_step:

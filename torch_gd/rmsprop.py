@@ -68,6 +68,8 @@ class RMSprop(Optimizer):
     """ + (rmsprop.__doc__ or "")
 
     _spec = Spec(rule=rmsprop, uses_step=True)
+    _flag_defaults = {"centered": False, "foreach": None, "maximize": False, "differentiable": False,
+                      "capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -98,37 +100,24 @@ class RMSprop(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        self._check_group(defaults)
-        _checks.implementation(defaults)
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
+        for group in state.get("param_groups", []):
             group.setdefault("momentum", 0)
-            group.setdefault("centered", False)
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
-            group.setdefault("fused", None)
+        super().__setstate__(state)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        outside = lambda x: not 0.0 <= x  # noqa: E731  (torch's test: NaN fails it too)
-        for name, label in (
-            ("lr", "learning rate"),
-            ("eps", "epsilon value"),
-            ("momentum", "momentum value"),
-            ("weight_decay", "weight_decay value"),
-        ):
-            value = group[name]
-            _checks.real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=outside)
+        _checks.torch_nonnegative(group, {
+            "lr": "learning rate",
+            "eps": "epsilon value",
+            "momentum": "momentum value",
+            "weight_decay": "weight_decay value",
+        })
         alpha = group["alpha"]
-        _checks.real("alpha", alpha, high=1.0, torch_message=f"Invalid alpha value: {alpha}", torch_rejects=outside)
-        for name in ("centered", "capturable", "maximize", "differentiable"):
-            _checks.flag(name, group[name])
-        for name in ("foreach", "fused"):
-            _checks.flag(name, group[name], optional=True)
+        _checks.real("alpha", alpha, high=1.0, torch_message=f"Invalid alpha value: {alpha}",
+                     torch_rejects=lambda x: not 0.0 <= x)
+        super()._check_group(group)
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
         return "RMSprop does not support sparse gradients"

@@ -63,6 +63,8 @@ class SGD(Optimizer):
     """ + (sgd.__doc__ or "")
 
     _spec = Spec(rule=sgd, uses_first=True)
+    _flag_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
+                      "fused": False, "capturable": False}
 
     def __init__(
         self,
@@ -91,19 +93,7 @@ class SGD(Optimizer):
             "fused": fused,
             "capturable": capturable,
         }
-        self._check_group(defaults)
-        _checks.implementation(defaults)
         super().__init__(params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", False)
-            group.setdefault("capturable", False)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -111,10 +101,7 @@ class SGD(Optimizer):
         _checks.real("momentum", momentum, torch_message=f"Invalid momentum value: {momentum}")
         _checks.real("dampening", group["dampening"], high=1.0, tensor_ok=False)
         _checks.real("weight_decay", wd, torch_message=f"Invalid weight_decay value: {wd}")
-        for name in ("nesterov", "maximize", "differentiable", "capturable"):
-            _checks.flag(name, group[name])
-        for name in ("foreach", "fused"):
-            _checks.flag(name, group[name], optional=True)
+        super()._check_group(group)
         if group["nesterov"] and (_not_positive(momentum) or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
