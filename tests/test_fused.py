@@ -72,6 +72,23 @@ def test_fused_matches_torch_for_loop_on_every_layout(case):
     assert all(opt.state[p]["step"].device == p.device for p in ours if "step" in opt.state[p])
 
 
+@cases
+def test_fused_with_default_arguments_matches_eager(case):
+    """Defaults switch terms off (zero weight decay, lr_decay, momentum): those become static
+    flags of the kernel rather than tensors, a different code path from the tuned configs."""
+    a = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(0))) for s in [(3, 4), (40000,)]]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused, eager = case.ours(a, fused=True), case.ours(b)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p, q in zip(a, b):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        fused.step(), eager.step()
+        assert_params_close(a, b, **tol(torch.float32))
+        assert_state_close(fused, eager, **tol(torch.float32))
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.name in ("Adam", "SGD")], ids=repr)
 def test_bf16_fused_is_fp32_maths_rounded_once(case):
     """For bf16 the reference is the eager rule run in fp32 on the same (upcast) state, rounded

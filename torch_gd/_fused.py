@@ -149,7 +149,7 @@ class Call:
             scalars["step"] = step
         if self.spec.coefficients is not None:
             compute = torch.float32 if dtype in _LOW else dtype
-            coefficients = self.spec.coefficients(**scalars)
+            coefficients = self.spec.coefficients(**self.statics, **scalars)
             scalars.update((k, v.to(compute)) for k, v in coefficients.items())
         if self.uses_first:
             scalars["first"] = step == 1
