@@ -1,6 +1,7 @@
 """Worst-case differences between torch_gd and torch.optim's for-loop, per optimizer and dtype.
 
-Two measurements per optimizer, configuration and torch_gd path (default packed, per-tensor):
+Two measurements per optimizer, configuration and torch_gd path (default packed, per-tensor,
+fused):
 - one step from the same state: params and state are first driven 5 steps by torch, copied
   into torch_gd through load_state_dict, then both take one step on the same grads; the number
   is max |ours − torch| / (|torch| + 1) over params and state (a relative error that stays
@@ -35,7 +36,7 @@ CONFIGS = {
         dict(lr=1e-2), dict(lr=1e-2, momentum=0.9, centered=True, weight_decay=1e-2)]),
 }
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-PATHS = {"default": {}, "per-tensor": {"foreach": False}}
+PATHS = {"default": {}, "per-tensor": {"foreach": False}, "fused": {"fused": True}}
 
 
 def _params(dtype, gen):
@@ -58,7 +59,8 @@ def one_step_error(theirs_cls, ours_cls, kw, dtype, path) -> float:
     ours = [torch.nn.Parameter(p.detach().clone()) for p in ref]
     o = ours_cls(ours, **kw, **path)
     o.load_state_dict(copy.deepcopy(t.state_dict()))
-    o.param_groups[0]["foreach"] = path.get("foreach")  # the loaded group carries torch's flag
+    # The loaded group carries torch's flags.
+    o.param_groups[0].update(foreach=path.get("foreach"), fused=path.get("fused", False))
     _grads(ref, gen)
     for p, q in zip(ours, ref):
         p.grad = q.grad.clone()

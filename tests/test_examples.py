@@ -1,0 +1,26 @@
+"""Every example's smoke run: it must finish, print its summary and write its picture."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("script,expect", [
+    ("drop_in.py", "largest parameter difference"),
+    ("plot_schedules.py", "WarmupCosineLR"),
+])
+def test_example_smoke_run(script, expect, tmp_path):
+    out = tmp_path / "picture.png"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--smoke", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert expect in run.stdout
+    assert out.exists() and out.stat().st_size > 1000
