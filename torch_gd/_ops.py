@@ -44,6 +44,15 @@ def add_scaled(x: Tensor, y: Tensor, a: Scalar, out: Optional[Tensor] = None) ->
     return torch.add(x, y, alpha=a, out=out)
 
 
+def l2_gradient(g: Tensor, p: Tensor, weight_decay: Scalar, maximize: bool, out: Optional[Tensor] = None) -> Tensor:
+    """The gradient every rule starts from: ``g ← −g`` if maximize, then ``g ← g + λ·p``."""
+    if maximize:
+        g = neg(g, out=out)
+    if enabled(weight_decay):
+        g = add_scaled(g, p, weight_decay, out=out)
+    return g
+
+
 def add_scaled_(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
     """``x ← x + a·y`` in place."""
     if isinstance(a, Tensor):

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec, scalar_dtype
-from ._ops import Scalar, add_ratio_, add_scaled, addcmul_, enabled, neg, real_view, sub_scaled_
+from ._ops import Scalar, add_ratio_, addcmul_, enabled, l2_gradient, real_view, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -40,10 +40,7 @@ def adagrad(
     A sparse g updates only the entries it touches (its indices coalesced first).
     """
     s = sum
-    if maximize:
-        g = neg(g, out=scratch)
-    if enabled(weight_decay):
-        g = add_scaled(g, p, weight_decay, out=scratch)
+    g = l2_gradient(g, p, weight_decay, maximize, out=scratch)
     if g.is_sparse:
         _sparse_adagrad(p, g, s, clr, eps)
         return

@@ -11,14 +11,13 @@ from ._engine import Spec
 from ._ops import (
     Scalar,
     add_ratio_,
-    add_scaled,
     addcmul_,
     bias_correction,
     complement,
     enabled,
     lerp_,
     maximum_,
-    neg,
+    l2_gradient,
     scale_,
     sqrt,
 )
@@ -61,13 +60,9 @@ def adam(
     :func:`adam_coefficients`. Temporaries go to ``scratch`` when the engine gives one.
     """
     m, v = exp_avg, exp_avg_sq
-    if maximize:
-        g = neg(g, out=scratch)
-    if enabled(weight_decay):
-        if decoupled:
-            scale_(p, 1 - lr * weight_decay)
-        else:
-            g = add_scaled(g, p, weight_decay, out=scratch)
+    if decoupled and enabled(weight_decay):
+        scale_(p, 1 - lr * weight_decay)
+    g = l2_gradient(g, p, 0 if decoupled else weight_decay, maximize, out=scratch)
     lerp_(m, g, complement(beta1, m))
     addcmul_(scale_(v, beta2), g, g, 1 - beta2)
     if amsgrad:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec
-from ._ops import Scalar, add_ratio_, add_scaled, addcmul_, complement, enabled, lerp_, neg, sub_scaled_
+from ._ops import Scalar, add_ratio_, addcmul_, complement, l2_gradient, lerp_, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -42,10 +42,7 @@ def rmsprop(
         p ← p − η·g/(σ + ε)                    otherwise
     """
     v, b = square_avg, momentum_buffer
-    if maximize:
-        g = neg(g, out=scratch)
-    if enabled(weight_decay):
-        g = add_scaled(g, p, weight_decay, out=scratch)
+    g = l2_gradient(g, p, weight_decay, maximize, out=scratch)
     addcmul_(v.mul_(alpha), g, g, complement(alpha, v))
     if centered:
         lerp_(grad_avg, g, complement(alpha, grad_avg))

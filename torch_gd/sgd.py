@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec
-from ._ops import Scalar, add_scaled, add_scaled_, assign_, enabled, neg, sub_scaled_
+from ._ops import Scalar, add_scaled, add_scaled_, assign_, enabled, l2_gradient, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -37,10 +37,7 @@ def sgd(
 
     Temporaries go to ``scratch`` (p-shaped, may be ``g`` itself) when the engine gives one.
     """
-    if maximize:
-        g = neg(g, out=scratch)
-    if enabled(weight_decay):
-        g = add_scaled(g, p, weight_decay, out=scratch)
+    g = l2_gradient(g, p, weight_decay, maximize, out=scratch)
     d, b = g, momentum_buffer
     if b is not None:
         if isinstance(first, Tensor):
