@@ -209,3 +209,21 @@ def test_a_compiler_failure_names_the_fix_and_touches_nothing():
         assert all(float(s["step"]) == 0 for s in opt.state.values())
     finally:
         _fused.BACKEND = old
+
+
+@cases
+def test_fused_params_whose_first_grad_comes_late(case):
+    """torch's fused SGD raises when a param first gets a grad after step 1; ours starts that
+    param's state then, inside a bucket whose other params are further along."""
+    ours = [torch.nn.Parameter(torch.randn(4, generator=torch.Generator().manual_seed(i))) for i in range(4)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = case.ours(ours, fused=True, **case.typical)
+    ref = case.theirs(theirs, foreach=False, **case.typical)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(5):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            p.grad = torch.randn(4, generator=gen) if i <= step else None
+            q.grad = None if p.grad is None else p.grad.clone()
+        opt.step(), ref.step()
+        assert_params_close(ours, theirs, **tol(torch.float32))
+        assert_state_close(opt, ref, **tol(torch.float32))
