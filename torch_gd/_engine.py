@@ -303,7 +303,8 @@ class Engine:
                 g = real_view(b.gflat[a:z])
                 p = real_view(b.pflat[a:z])
                 if work.fused is not None:
-                    work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps)
+                    work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
+                               count + 1 if spec.uses_step else None)
                     continue
                 kw["first"], kw["scratch"] = fresh, g
                 kw.update(zip(keys, tensors))
@@ -342,12 +343,13 @@ class Engine:
             tensors = [st[k] for k in keys]
         if work.fused is not None and steps is None:
             steps = self._private_step(p, fresh)
+        count = self.counts[id(p)] if spec.uses_step else None
         scratch = self._scratch_for(p)
         if p.is_complex():
             p, g = torch.view_as_real(p), g if g.is_sparse else torch.view_as_real(g)
             tensors = [t if t.is_sparse else torch.view_as_real(t) for t in tensors]
         if work.fused is not None:
-            work.fused.per_tensor(p, g, dict(zip(keys, tensors)), steps, scratch)
+            work.fused.per_tensor(p, g, dict(zip(keys, tensors)), steps, count, scratch)
             return
         kw["first"], kw["scratch"] = fresh, scratch
         kw.update(zip(keys, tensors))

@@ -124,6 +124,7 @@ class Call:
                 self.statics[name] = value
         self.grad_scale, self.found_inf = grad_scale, found_inf
         self._scalars: dict[torch.device, dict[str, Tensor]] = {}
+        self._per_count: dict[tuple, dict[str, Tensor]] = {}
 
     def scalars(self, device: torch.device) -> dict[str, Tensor]:
         found = self._scalars.get(device)
@@ -175,10 +176,18 @@ class Call:
                 raise compiler_error(exc) from exc
             _WARM.add(key)
 
-    def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor) -> None:
+    def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[int] = None) -> None:
         """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
-        already advanced) are wound back where GradScaler found infs."""
-        scalars = self._dynamic(self.scalars(p.device), steps[0] if steps.dim() else steps, p.dtype)
+        already advanced) are wound back where GradScaler found infs.
+
+        ``count`` is the host's count of the step being taken: params with equal counts share
+        their step's coefficients, computed once per step instead of once per call."""
+        key = (count, p.device, p.dtype)
+        scalars = self._per_count.get(key) if count is not None else None
+        if scalars is None:
+            scalars = self._dynamic(self.scalars(p.device), steps[0] if steps.dim() else steps, p.dtype)
+            if count is not None:
+                self._per_count[key] = scalars
         grad_scale, found_inf = self._amp(p.device)
         if p.numel() < 2:
             _apply(self.rule, self._statics(), p, g, states, scalars, grad_scale, found_inf)
@@ -187,7 +196,7 @@ class Call:
         if found_inf is not None:
             steps.sub_(found_inf)
 
-    def per_tensor(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor,
+    def per_tensor(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[int],
                    scratch: Optional[Tensor]) -> None:
         """One large param, flattened in storage order when its layout allows (a grad of another
         layout is first copied into ``scratch``, which has p's strides), else through
@@ -198,10 +207,10 @@ class Call:
                 g = scratch.copy_(g)
             gf = storage_order(g) if g.stride() == p.stride() else None
             if gf is not None:
-                self(pf, gf, {k: storage_order(t) for k, t in states.items()}, steps)
+                self(pf, gf, {k: storage_order(t) for k, t in states.items()}, steps, count)
                 return
         pc, sc = p.contiguous(), {k: t.contiguous() for k, t in states.items()}
-        self(pc.view(-1), g.contiguous().view(-1), {k: t.view(-1) for k, t in sc.items()}, steps)
+        self(pc.view(-1), g.contiguous().view(-1), {k: t.view(-1) for k, t in sc.items()}, steps, count)
         for dst, src in [(p, pc), *((states[k], sc[k]) for k in states)]:
             if dst.data_ptr() != src.data_ptr():
                 dst.copy_(src)
