@@ -62,12 +62,14 @@ def real(
         raise ValueError(f"Invalid {name} value: {value} ({name} must be in {allowed})")
 
 
-def torch_nonnegative(group: dict, labels: dict[str, str]) -> None:
+def torch_nonnegative(group: dict, labels: dict[str, str], numbers_only: tuple[str, ...] = ()) -> None:
     """torch's ``if not 0.0 <= x: raise ValueError(f"Invalid {label}: {x}")`` for each of
-    ``labels`` (name → label), which NaN fails too; above that, finite values only."""
+    ``labels`` (name → label), which NaN fails too; above that, finite values only. Names in
+    ``numbers_only`` may not be tensors."""
     for name, label in labels.items():
         value = group[name]
-        real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=lambda x: not 0.0 <= x)
+        real(name, value, torch_message=f"Invalid {label}: {value}", torch_rejects=lambda x: not 0.0 <= x,
+             tensor_ok=name not in numbers_only)
 
 
 def flag(name: str, value: Any, *, optional: bool = False) -> None:

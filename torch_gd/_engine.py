@@ -404,10 +404,12 @@ def _real_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _f64(v: Any) -> Any:
-    """Tensor hyperparameters enter the rule as float64, so the coefficients derived from them
-    (1 − η·λ, η/(1 − β₁ᵗ), ...) are float64 too, and are cast once, by the op that uses them."""
-    if isinstance(v, Tensor) and v.is_floating_point() and v.dtype != torch.float64:
-        return v.to(torch.float64)
+    """Tensor hyperparameters enter the rule as 0-dim float64 tensors: 0-dim so that a (1,)- or
+    (1, 1)-shaped lr never broadcasts a param's shape, float64 so that the coefficients derived
+    from them (1 − η·λ, η/(1 − β₁ᵗ), ...) are float64 too and are cast once, by the op that
+    uses them."""
+    if isinstance(v, Tensor) and v.is_floating_point():
+        return v.reshape(()).to(torch.float64)
     return v
 
 

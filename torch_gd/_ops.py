@@ -1,7 +1,7 @@
 """The handful of ops update rules are written against.
 
-A hyperparameter reaches a rule either as a Python number or as a 1-element tensor (a tensor
-``lr``, or a value a scheduler updates in place). Numbers go through the ``alpha=`` forms, which
+A hyperparameter reaches a rule either as a Python number or as a 0-dim tensor (a tensor
+``lr``, or a value a scheduler updates in place; the engine makes any 1-element tensor 0-dim). Numbers go through the ``alpha=`` forms, which
 compute the scalar in the op's accumulation type exactly as torch.optim does; tensors go through
 ``addcmul``-style forms, which never call ``.item()`` and so never wait for the device.
 
@@ -38,9 +38,9 @@ def add_scaled(x: Tensor, y: Tensor, a: Scalar, out: Optional[Tensor] = None) ->
         # torch has no add(sparse, dense); the sum is dense anyway.
         return scale(y, a, out=out).add_(x)
     if out is None:
-        return x.addcmul(y, _as_0dim(a)) if isinstance(a, Tensor) else x.add(y, alpha=a)
+        return x.addcmul(y, a) if isinstance(a, Tensor) else x.add(y, alpha=a)
     if isinstance(a, Tensor):
-        return torch.addcmul(x, y, _as_0dim(a), out=out)
+        return torch.addcmul(x, y, a, out=out)
     return torch.add(x, y, alpha=a, out=out)
 
 
@@ -56,7 +56,7 @@ def l2_gradient(g: Tensor, p: Tensor, weight_decay: Scalar, maximize: bool, out:
 def add_scaled_(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
     """``x ← x + a·y`` in place."""
     if isinstance(a, Tensor):
-        return x.addcmul_(y, _as_0dim(a))
+        return x.addcmul_(y, a)
     return x.add_(y, alpha=a)
 
 
@@ -64,21 +64,15 @@ def sub_scaled_(x: Tensor, y: Tensor, a: Scalar) -> Tensor:
     """``x ← x − a·y`` in place."""
     if y.is_sparse and isinstance(a, Tensor):
         # Sparse tensors have no addcmul_.
-        return x.sub_(y * _as_0dim(a))
+        return x.sub_(y * a)
     if isinstance(a, Tensor):
-        return x.addcmul_(y, _as_0dim(a), value=-1)
+        return x.addcmul_(y, a, value=-1)
     return x.add_(y, alpha=-a)
 
 
 def scale(x: Tensor, a: Scalar, out: Optional[Tensor] = None) -> Tensor:
     """``a·x``."""
-    a = _as_0dim(a) if isinstance(a, Tensor) else a
     return x.mul(a) if out is None else torch.mul(x, a, out=out)
-
-
-def scale_(x: Tensor, a: Scalar) -> Tensor:
-    """``x ← a·x`` in place."""
-    return x.mul_(_as_0dim(a) if isinstance(a, Tensor) else a)
 
 
 def assign_(dst: Tensor, src: Tensor) -> Tensor:
@@ -86,11 +80,6 @@ def assign_(dst: Tensor, src: Tensor) -> Tensor:
     if src.is_sparse:
         return dst.zero_().add_(src)
     return dst.copy_(src)
-
-
-def _as_0dim(a: Tensor) -> Tensor:
-    # A 1-element tensor of shape (1,) would broadcast a 0-dim param to shape (1,).
-    return a if a.dim() == 0 else a.reshape(())
 
 
 def real_view(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -107,22 +96,17 @@ def complement(beta: Scalar, like: Tensor) -> Scalar:
     return 1 - beta
 
 
-def lerp_(x: Tensor, y: Tensor, w: Scalar) -> Tensor:
-    """``x ← x + w·(y − x)`` in place."""
-    return x.lerp_(y, _as_0dim(w) if isinstance(w, Tensor) else w)
-
-
 def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Scalar) -> Tensor:
     """``x ← x + a·y·z`` in place."""
     if isinstance(a, Tensor):
-        return x.addcmul_(y, z * _as_0dim(a))
+        return x.addcmul_(y, z * a)
     return x.addcmul_(y, z, value=a)
 
 
 def add_ratio_(x: Tensor, num: Tensor, den: Tensor, a: Scalar) -> Tensor:
     """``x ← x + a·num/den`` in place; ``den`` is a temporary and may be overwritten."""
     if isinstance(a, Tensor):
-        return x.addcdiv_(num, den.div_(_as_0dim(a)))
+        return x.addcdiv_(num, den.div_(a))
     return x.addcdiv_(num, den, value=a)
 
 
@@ -145,4 +129,4 @@ def bias_correction(beta: Scalar, step: Scalar) -> Scalar:
 
 
 def _f64(x: Scalar) -> Scalar:
-    return _as_0dim(x).to(torch.float64) if isinstance(x, Tensor) else x
+    return x.to(torch.float64) if isinstance(x, Tensor) else x

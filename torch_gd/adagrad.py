@@ -130,7 +130,7 @@ class Adagrad(Optimizer):
             "weight_decay": "weight_decay value",
             "initial_accumulator_value": "initial_accumulator_value value",
             "eps": "epsilon value",
-        })
+        }, numbers_only=("initial_accumulator_value",))
         super()._check_group(group)
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:

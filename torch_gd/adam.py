@@ -15,10 +15,8 @@ from ._ops import (
     bias_correction,
     complement,
     enabled,
-    lerp_,
     maximum_,
     l2_gradient,
-    scale_,
     sqrt,
 )
 from .optimizer import Optimizer
@@ -61,10 +59,10 @@ def adam(
     """
     m, v = exp_avg, exp_avg_sq
     if decoupled and enabled(weight_decay):
-        scale_(p, 1 - lr * weight_decay)
+        p.mul_(1 - lr * weight_decay)
     g = l2_gradient(g, p, 0 if decoupled else weight_decay, maximize, out=scratch)
-    lerp_(m, g, complement(beta1, m))
-    addcmul_(scale_(v, beta2), g, g, 1 - beta2)
+    m.lerp_(g, complement(beta1, m))
+    addcmul_(v.mul_(beta2), g, g, 1 - beta2)
     if amsgrad:
         v = maximum_(max_exp_avg_sq, v)
     denom = sqrt(v, out=scratch).div_(bias_correction2_sqrt).add_(eps)

@@ -134,4 +134,12 @@ class Optimizer(torch.optim.Optimizer):
         error = self._sparse_error(group) if sparse else None
         if error is not None:
             raise RuntimeError(error)
+        if group.get("differentiable") and torch.is_grad_enabled():
+            if any(p.is_leaf and p.requires_grad for p in params):
+                # torch fails on the first in-place update, after other state has moved.
+                raise RuntimeError(
+                    "differentiable=True records the update with autograd, and a leaf tensor that "
+                    "requires grad cannot be updated in place: optimize non-leaf tensors (e.g. "
+                    "p.clone()), as torch's differentiable optimizers require"
+                )
         return params, grads
