@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("script,expect", [
     ("drop_in.py", "largest parameter difference"),
     ("plot_schedules.py", "WarmupCosineLR"),
+    ("gd_variants.py", "gd_variants: each variant trained for"),
+    ("learning_rate.py", "stable for lr < 2/L"),
+    ("optimizer_race.py", "distance to (1, 1)"),
 ])
 def test_example_smoke_run(script, expect, tmp_path):
     out = tmp_path / "picture.png"
