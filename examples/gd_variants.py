@@ -20,7 +20,6 @@ about as much as a 32-sample one, so mini-batches reach a low loss long before t
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -28,21 +27,12 @@ import torch
 import torch.nn.functional as F
 
 import torch_gd
+from _common import save, spiral
 
 SAMPLES, HIDDEN = 8192, 128
 # batch size -> (name, lr), each lr tuned by hand: full batch at 1.0 already made the loss go up,
 # and a one-sample gradient is so noisy that its lr must be ten times smaller.
 VARIANTS = {SAMPLES: ("batch (all 8192)", 0.3), 32: ("mini-batch (32)", 0.3), 1: ("stochastic (1)", 0.03)}
-
-
-def spiral(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two interleaved spiral arms in the unit disc, one per class, with a little noise."""
-    gen = torch.Generator().manual_seed(0)
-    t = torch.rand(n, generator=gen).sqrt() * 3 * math.pi  # sqrt: even density along the arm
-    label = torch.randint(0, 2, (n,), generator=gen)
-    angle = t + math.pi * label
-    x = torch.stack([t * angle.cos(), t * angle.sin()], 1) / (3 * math.pi)
-    return x + 0.03 * torch.randn(n, 2, generator=gen), label
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -103,11 +93,7 @@ def plot(logs: dict[int, dict[str, list[float]]], out: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     by_step.legend()
     fig.suptitle(f"MLP on a 2-class spiral ({SAMPLES} samples), torch_gd.SGD, same time budget each")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    print(f"saved {out}")
+    save(fig, out)
 
 
 def main() -> None:

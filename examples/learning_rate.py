@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_gd
+from _common import save
 from torch_gd.lr_scheduler import WarmupCosineLR
 
 SAMPLES, FEATURES, BATCH = 4096, 20, 32
@@ -104,11 +105,7 @@ def plot(results: dict[str, tuple[list[float], list[float]]], best: float, two_o
     for ax in (loss_ax, lr_ax):
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"Linear regression, mini-batch SGD (batch {BATCH}), torch_gd.SGD")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    print(f"saved {out}")
+    save(fig, out)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ distance to (1, 1) and final MLP loss.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_gd
+from _common import save, spiral
 
 START, MINIMUM = (-1.5, 2.0), (1.0, 1.0)
 Factory = Callable[[list[torch.Tensor], float], torch.optim.Optimizer]
@@ -59,16 +59,6 @@ def race_rosenbrock(factory: Factory, lr: float, steps: int) -> torch.Tensor:
         opt.step()
         path.append(point.detach().clone())
     return torch.stack(path)
-
-
-def spiral(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two interleaved spiral arms in the unit disc, one per class, with a little noise."""
-    gen = torch.Generator().manual_seed(0)
-    t = torch.rand(n, generator=gen).sqrt() * 3 * math.pi  # sqrt: even density along the arm
-    label = torch.randint(0, 2, (n,), generator=gen)
-    angle = t + math.pi * label
-    x = torch.stack([t * angle.cos(), t * angle.sin()], 1) / (3 * math.pi)
-    return x + 0.03 * torch.randn(n, 2, generator=gen), label
 
 
 def race_mlp(factory: Factory, lr: float, steps: int, x: torch.Tensor, y: torch.Tensor) -> list[tuple[int, float]]:
@@ -124,11 +114,7 @@ def plot(paths: dict[str, torch.Tensor], curves: dict[str, list[tuple[int, float
     losses.grid(alpha=0.3, which="both")
     losses.legend(fontsize=8)
     fig.suptitle("torch_gd optimizers: SGD, momentum, Nesterov, Adagrad, RMSprop, Adam")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    print(f"saved {out}")
+    save(fig, out)
 
 
 def main() -> None:
