@@ -1,4 +1,4 @@
-"""The engine: buckets, packing and the eager paths every optimizer shares.
+"""The engine: buckets, packing and the paths (per-tensor, packed, fused) every optimizer shares.
 
 Per param group, params are split by size. Small ones (at most ``PACK_MAX_NUMEL`` elements) are
 packed per (device, dtype) into a bucket: their state lives in one flat buffer per state key, and
@@ -11,6 +11,7 @@ cost is small against the memory traffic, and packing would add two copies of it
 Packing keeps torch's per-param semantics: params whose grad is None are neither gathered nor
 written back, and params that differ in how many steps they have taken (a late first grad, a load
 of a checkpoint) are updated in separate runs of the flat buffers, each with its own step count.
+The fused path (``_fused``) runs the compiled rule where the eager paths call the rule itself.
 """
 
 from __future__ import annotations
