@@ -227,3 +227,15 @@ def test_fused_params_whose_first_grad_comes_late(case):
         opt.step(), ref.step()
         assert_params_close(ours, theirs, **tol(torch.float32))
         assert_state_close(opt, ref, **tol(torch.float32))
+
+
+def test_gradscaler_refuses_a_non_fused_group_of_a_fused_optimizer():
+    import torch_gd
+
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = torch_gd.Adam([{"params": [a]}, {"params": [b], "fused": False}], fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale((a + b).sum()).backward()
+    with pytest.raises(RuntimeError, match="fused=False"):
+        scaler.step(opt)
+    assert torch.equal(a.detach(), torch.ones(2)) and torch.equal(b.detach(), torch.ones(2))

@@ -107,6 +107,13 @@ class Optimizer(torch.optim.Optimizer):
         work = []
         for gi, group in enumerate(self.param_groups):
             params, grads = self._with_grads(group)
+            if params and not group.get("fused") and (amp[0] is not None or amp[1] is not None):
+                # Only a fused kernel can unscale and skip without a host sync; applying the
+                # update anyway would ignore GradScaler's inf check (torch asserts here too).
+                raise RuntimeError(
+                    "GradScaler passed grad_scale/found_inf to a param group with fused=False; "
+                    "construct every group with fused=True, or leave fused unset in all of them"
+                )
             if params:
                 work.append(self._engine.prepare(
                     gi, group, params, grads, self._state_keys(group), self._hyper(group), self.state, amp))
