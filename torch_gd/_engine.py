@@ -26,6 +26,11 @@ from torch import Tensor
 from . import _fused, _ops
 from ._ops import real_view
 
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # a torch built without distributed has no DTensor params either
+    _DTensor = None
+
 # A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU)
 # than the three extra passes packing makes over it (~0.4 ns per element here).
 PACK_MAX_NUMEL = 1 << 15
@@ -155,7 +160,8 @@ class Engine:
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         if group["foreach"] is not False and not group.get("differentiable", False):
             for p in _distinct(group["params"]):
-                if p.numel() <= PACK_MAX_NUMEL and id(p) not in self.sparse and not p.is_sparse:
+                if (p.numel() <= PACK_MAX_NUMEL and id(p) not in self.sparse and not p.is_sparse
+                        and not _is_dtensor(p)):
                     by_kind[(p.device, p.dtype)].append(p)
         buckets = [self._pack(ps, keys, on_device, counted, state) for ps in by_kind.values()]
         where = {id(p): (b, i) for b in buckets for i, p in enumerate(b.params)}
@@ -345,6 +351,10 @@ class Engine:
         if work.fused is not None and steps is None:
             steps = self._private_step(p, fresh)
         count = self.counts[id(p)] if spec.uses_step else None
+        if _is_dtensor(p):
+            # FSDP2/DTensor params: the update is elementwise, so each rank updates its local
+            # shard (the state stays DTensor, as distributed checkpointing expects).
+            p, g, tensors = p.to_local(), g.to_local(), [t.to_local() for t in tensors]
         scratch = self._scratch_for(p)
         if p.is_complex():
             p, g = torch.view_as_real(p), g if g.is_sparse else torch.view_as_real(g)
@@ -412,6 +422,10 @@ def _f64(v: Any) -> Any:
     if isinstance(v, Tensor) and v.is_floating_point():
         return v.reshape(()).to(torch.float64)
     return v
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
 
 
 def _distinct(params: list[Tensor]) -> list[Tensor]:
