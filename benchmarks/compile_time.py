@@ -8,12 +8,9 @@ grow with the number of params. Each case runs in its own subprocess so nothing 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
-from pathlib import Path
+
+import _child
 
 CHILD = r"""
 import sys, time, torch, torch_gd
@@ -33,11 +30,8 @@ print(first, time.perf_counter() - t)
 
 def cold_first_step(n: int, name: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache,
-               "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        out = subprocess.run([sys.executable, "-c", CHILD, str(n), name], env=env, capture_output=True,
-                             text=True, check=True).stdout.split()
-    return float(out[0]), float(out[1])
+        first, second = _child.run(CHILD, n, name, TORCHINDUCTOR_CACHE_DIR=cache)
+    return float(first), float(second)
 
 
 def main() -> None:
@@ -47,9 +41,7 @@ def main() -> None:
             first, second = cold_first_step(n, name)
             rows.append({"optimizer": name, "params": n, "first_step_s": first, "second_step_s": second})
             print(f"{name:5} {n:5} params: first fused step {first:.1f} s (cold cache), second {second * 1e3:.1f} ms")
-    out = Path(__file__).parent / "results" / "compile_time_cpu.json"
-    out.write_text(json.dumps({"command": "python benchmarks/compile_time.py", "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    _child.record("compile_time", rows)
 
 
 if __name__ == "__main__":

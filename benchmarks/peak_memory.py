@@ -9,11 +9,7 @@ is the growth of the peak RSS over that baseline (state + temporaries + scratch 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+import _child
 
 CHILD = r"""
 import resource, sys, torch, torchvision, torch_gd
@@ -36,16 +32,12 @@ VARIANTS = [("torch", "for-loop"), ("torch", "foreach"), ("torch", "fused"), ("t
 
 
 def main() -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     rows = []
     for which, impl in VARIANTS:
-        growth, param_bytes = map(int, subprocess.run([sys.executable, "-c", CHILD, which, impl], env=env,
-                                                      capture_output=True, text=True, check=True).stdout.split())
+        growth, param_bytes = map(int, _child.run(CHILD, which, impl))
         rows.append({"impl": f"{which} {impl}", "peak_growth_mb": growth / 2**20, "param_mb": param_bytes / 2**20})
         print(f"Adam resnet50 {which:8} {impl:8}: peak RSS +{growth / 2**20:.0f} MB (params {param_bytes / 2**20:.0f} MB)")
-    out = Path(__file__).parent / "results" / "peak_memory_cpu.json"
-    out.write_text(json.dumps({"command": "python benchmarks/peak_memory.py", "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    _child.record("peak_memory", rows)
 
 
 if __name__ == "__main__":
