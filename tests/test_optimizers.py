@@ -229,6 +229,28 @@ def test_checkpoints_move_both_ways_mid_training(case, direction):
 
 
 @cases
+@pytest.mark.parametrize("saved,loaded", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+def test_checkpoint_loads_onto_params_of_another_dtype(case, saved, loaded):
+    """torch casts floating-point state to the param's dtype on load (``step`` excepted); the
+    run continued in the new dtype equals torch's, state dtypes included."""
+    m = _small_model(saved)
+    opt = case.ours(m.parameters(), **case.typical)
+    _train(m, opt, 3, saved)
+    ckpt = {"model": m.state_dict(), "opt": opt.state_dict()}
+    runs = []
+    for cls in (case.ours, case.theirs):
+        m2 = _small_model(loaded)
+        m2.load_state_dict(ckpt["model"])
+        opt2 = cls(m2.parameters(), **case.typical)
+        opt2.load_state_dict(copy.deepcopy(ckpt["opt"]))
+        _train(m2, opt2, 3, loaded, seed=2)
+        runs.append((m2, opt2))
+    (ours, opt_ours), (theirs, opt_theirs) = runs
+    assert_params_close(ours.parameters(), theirs.parameters(), **tol(loaded))
+    assert_state_close(opt_ours, opt_theirs, **tol(loaded))
+
+
+@cases
 def test_signature_extends_torchs(case):
     ours = list(inspect.signature(case.ours).parameters.values())
     theirs = list(inspect.signature(case.theirs).parameters.values())

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 
 def real(
@@ -94,6 +95,105 @@ def implementation(defaults: dict) -> None:
             raise RuntimeError("`fused` does not support `differentiable`")
         if defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def finite_check_allowed(check_finite: bool, group: dict) -> None:
+    """``check_finite`` reads a flag on the host each step, which a captured graph cannot do."""
+    if check_finite and group.get("capturable"):
+        raise ValueError("check_finite=True reads the grads' finiteness on the host every step, "
+                         "which capturable=True (CUDA graph capture) forbids: use one or the other")
+
+
+def finite_grads(groups: list[dict], collected: list[tuple[list[Tensor], list[Tensor]]]) -> None:
+    """Raise naming the first param whose grad holds NaN or Inf (``check_finite=True``).
+
+    One inf-norm per grad (a max of |g|, which cannot overflow) and one host read per device.
+    """
+    norms: dict[torch.device, list[Tensor]] = {}
+    for _, grads in collected:
+        for g in grads:
+            local = _local(g)
+            norms.setdefault(local.device, []).append(
+                torch.linalg.vector_norm(local, math.inf) if local.numel() else local.new_zeros((), dtype=torch.float32))
+    if all(bool(torch.stack([n.float() for n in ns]).isfinite().all()) for ns in norms.values()):
+        return
+    for gi, (group, (params, grads)) in enumerate(zip(groups, collected)):
+        for p, g in zip(params, grads):
+            values = _local(g)
+            bad = ~torch.isfinite(values)
+            if bool(bad.any()):
+                index = next(i for i, q in enumerate(group["params"]) if q is p)
+                nans = int(torch.isnan(values).sum())
+                raise RuntimeError(
+                    f"check_finite=True: the grad of param {index} of param group {gi} (shape "
+                    f"{tuple(p.shape)}) has {nans} NaN and {int(bad.sum()) - nans} Inf values; "
+                    "nothing was updated"
+                )
+
+
+def grad_like_param(p: Tensor, g: Tensor) -> None:
+    """A grad must have its param's dtype and device (autograd insists, but ``p.grad.data = x``
+    gets past it; torch's optimizers then crash mid-step or silently promote)."""
+    if g.dtype != p.dtype or g.device != p.device:
+        raise RuntimeError(
+            f"a param of shape {tuple(p.shape)} ({p.dtype} on {p.device}) has a grad of {g.dtype} on "
+            f"{g.device}; grads must match their param's dtype and device (p.grad = p.grad.to(p)); "
+            "nothing was updated"
+        )
+
+
+def _local(g: Tensor) -> Tensor:
+    """The values a grad holds on this process: a sparse grad's values, a DTensor's shard."""
+    if g.is_sparse:
+        return g.coalesce().values()
+    return g.to_local() if hasattr(g, "to_local") else g
+
+
+def params(group: dict, spans: dict[int, list[tuple[int, int, Tensor]]]) -> None:
+    """Check a new group's params: floating point or complex, and no memory shared with another
+    param (whose update would overwrite theirs). ``spans`` holds the byte ranges of the params
+    already checked, per storage; it gains this group's only if every check passes."""
+    for p in group["params"]:
+        if not (p.is_floating_point() or p.is_complex()):
+            if group.get("fused"):  # torch's own check, made for the fused path only
+                raise RuntimeError(
+                    "`fused=True` requires all the params to be floating point Tensors of supported "
+                    f"devices: {_get_fused_kernels_supported_devices()} but {p.dtype} and {p.device.type}"
+                )
+            raise TypeError(f"optimizer can only update floating point or complex params, got a {p.dtype} "
+                            f"tensor of shape {tuple(p.shape)}")
+    new: dict[int, list[tuple[int, int, Tensor]]] = {}
+    for p in group["params"]:
+        if p.numel() == 0 or p.is_meta or is_fake(p) or hasattr(p, "to_local"):
+            continue  # no memory of its own here (DTensor: its local shard is its own)
+        size = p.element_size()
+        start = p.storage_offset() * size
+        end = start + (sum((n - 1) * st for n, st in zip(p.shape, p.stride())) + 1) * size
+        ptr = p.untyped_storage().data_ptr()
+        for s, e, q in spans.get(ptr, []) + new.get(ptr, []):
+            if q is not p and s < end and start < e and _overlap(p, q):
+                raise ValueError(
+                    f"two params share memory (shapes {tuple(q.shape)} and {tuple(p.shape)}); an "
+                    "optimizer applies one update per element: tie weights by using one Parameter "
+                    "object in both places, or pass only one of them"
+                )
+        new.setdefault(ptr, []).append((start, end, p))
+    for ptr, items in new.items():
+        spans.setdefault(ptr, []).extend(items)
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether two views of one storage whose byte ranges intersect share an element.
+
+    Rare (interleaved views of one buffer), so it marks a's elements in a scratch tensor
+    covering both and reads b's."""
+    if a.dtype != b.dtype:
+        return True
+    lo = min(a.storage_offset(), b.storage_offset())
+    hi = max(t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1 for t in (a, b))
+    marks = torch.zeros(hi - lo, dtype=torch.int8, device=a.device)
+    marks.as_strided(a.shape, a.stride(), a.storage_offset() - lo).fill_(1)
+    return bool(marks.as_strided(b.shape, b.stride(), b.storage_offset() - lo).any())
 
 
 def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Hashable, Optional
 import torch
 from torch import Tensor
 
-from . import _fused, _ops
+from . import _checks, _fused, _ops
 from ._ops import real_view
 
 try:
@@ -235,6 +235,8 @@ class Engine:
             self._plans.pop(gi, None)
             split = self._split(self._plan(gi, group, keys, on_device, state), params, grads, keys, state)
         packed, loose = split
+        for p, g in loose:
+            _checks.grad_like_param(p, g)
         kw = {k: _f64(v) for k, v in hyper.items()}
         kw.update(first=False, scratch=None)
         fused = None
@@ -273,7 +275,8 @@ class Engine:
                 self.sparse.add(id(p))
                 return None
             if g.dtype is not b.dtype:
-                return None
+                _checks.grad_like_param(p, g)
+                return None  # the param changed dtype: re-pack
             fresh = False
             if stateful:
                 current = lookup(p, _EMPTY).get(probe)

@@ -88,6 +88,7 @@ class Adagrad(Optimizer):
         differentiable: bool = False,
         fused: Optional[bool] = None,
         capturable: bool = False,
+        check_finite: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -101,7 +102,7 @@ class Adagrad(Optimizer):
             "fused": fused,
             "capturable": capturable,
         }
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, check_finite=check_finite)
         for group in self.param_groups:
             self._init_state(group)
 

@@ -102,6 +102,7 @@ class Adam(Optimizer):
         differentiable: bool = False,
         fused: Optional[bool] = None,
         decoupled_weight_decay: bool = False,
+        check_finite: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -116,7 +117,7 @@ class Adam(Optimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, check_finite=check_finite)
 
     def _normalize(self, defaults: dict[str, Any]) -> dict[str, Any]:
         # torch stores 1-element tensor betas as 0-dim tensors.
@@ -176,11 +177,12 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: Optional[bool] = None,
+        check_finite: bool = False,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=True,
+            decoupled_weight_decay=True, check_finite=check_finite,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

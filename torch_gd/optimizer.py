@@ -19,13 +19,23 @@ from ._engine import Engine, Spec, scalar_dtype
 
 
 class Optimizer(torch.optim.Optimizer):
-    """A ``torch.optim.Optimizer`` whose step runs one update rule through the shared engine."""
+    """A ``torch.optim.Optimizer`` whose step runs one update rule through the shared engine.
+
+    ``check_finite=True`` (keyword-only, every optimizer; not in torch) makes ``step()`` raise
+    a RuntimeError naming the param when a grad holds NaN or Inf, before anything is updated.
+    It reads one flag from the device per step, so it cannot be used with ``capturable=True``.
+    torch's behaviour, the default, lets NaN/Inf propagate element-wise into params and state.
+    """
 
     _spec: Spec
     # Flags a group from an older checkpoint may lack, and the value torch gives them.
     _flag_defaults: dict[str, Any] = {}
+    # A run-time policy rather than training state: kept out of param groups and checkpoints.
+    check_finite: bool = False
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], *, check_finite: bool = False) -> None:
+        _checks.flag("check_finite", check_finite)
+        self.check_finite = check_finite
         self._check_group(defaults)
         defaults = self._normalize(defaults)
         _checks.implementation(defaults)
@@ -43,6 +53,7 @@ class Optimizer(torch.optim.Optimizer):
         Subclasses check their numbers and call this for the switches."""
         for name, default in self._flag_defaults.items():
             _checks.flag(name, group[name], optional=name in ("foreach", "fused"))
+        _checks.finite_check_allowed(self.check_finite, group)
 
     def _normalize(self, defaults: dict[str, Any]) -> dict[str, Any]:
         """Defaults as torch stores them, once checked."""
@@ -67,7 +78,19 @@ class Optimizer(torch.optim.Optimizer):
             merged = {**self.defaults, **param_group}
             self._check_group(merged)
         super().add_param_group(param_group)
+        if not hasattr(self, "_spans"):  # constructing, or unpickled (not part of the state)
+            self._spans: dict[int, list] = {}
+            for group in self.param_groups[:-1]:
+                _checks.params(group, self._spans)
+        try:
+            _checks.params(self.param_groups[-1], self._spans)
+        except (TypeError, ValueError, RuntimeError):
+            self.param_groups.pop()  # leave the optimizer as it was
+            raise
         self._engine.invalidate()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "check_finite": self.check_finite}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -104,9 +127,13 @@ class Optimizer(torch.optim.Optimizer):
         # Everything that can fail (bad grads, re-packing, compiling fused kernels) happens for
         # every group before any group is updated.
         amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+        collected = [self._with_grads(group) for group in self.param_groups]
+        if self.check_finite and amp[1] is None:  # with found_inf, GradScaler skips such steps
+            for group in self.param_groups:
+                _checks.finite_check_allowed(True, group)
+            _checks.finite_grads(self.param_groups, collected)
         work = []
-        for gi, group in enumerate(self.param_groups):
-            params, grads = self._with_grads(group)
+        for gi, (group, (params, grads)) in enumerate(zip(self.param_groups, collected)):
             if params and not group.get("fused") and (amp[0] is not None or amp[1] is not None):
                 # Only a fused kernel can unscale and skip without a host sync; applying the
                 # update anyway would ignore GradScaler's inf check (torch asserts here too).

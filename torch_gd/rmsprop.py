@@ -83,6 +83,7 @@ class RMSprop(Optimizer):
         differentiable: bool = False,
         *,
         fused: Optional[bool] = None,
+        check_finite: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -97,7 +98,7 @@ class RMSprop(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, check_finite=check_finite)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for group in state.get("param_groups", []):

@@ -77,6 +77,7 @@ class SGD(Optimizer):
         differentiable: bool = False,
         fused: Optional[bool] = None,
         capturable: bool = False,
+        check_finite: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -90,7 +91,7 @@ class SGD(Optimizer):
             "fused": fused,
             "capturable": capturable,
         }
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, check_finite=check_finite)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
