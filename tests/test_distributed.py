@@ -66,6 +66,9 @@ def _worker(rank: int, world: int, port: int, name: str, mode: str, out: str) ->
         full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in module.parameters()]
         if rank == 0:
             torch.save([p.detach() for p in full], out)
+        # Both ranks done with every collective before teardown: gloo aborts a process whose
+        # worker threads are still busy when the group is destroyed (seen once under load).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
