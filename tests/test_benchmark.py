@@ -1,0 +1,282 @@
+"""The benchmark harness (``python -m torch_gd.benchmark``) on tiny sets: its rows, ratios and
+files, the timers, and the measurements that run in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import sys
+import textwrap
+from collections import defaultdict
+
+import pytest
+import torch
+
+from torch_gd.benchmark import cli, isolated, measure, optimizers, progress, sets
+from torch_gd.benchmark.run import Config, run
+from torch_gd.benchmark.timing import EventTimer, WallTimer, timer_for
+
+# Implementations that compile nothing, so a run takes well under a second.
+PREBUILT = ["torch-for-loop", "torch-foreach", "torch-fused", "torch_gd-default"]
+SHORT = ["--rounds", "3", "--steps-per-round", "2", "--no-memory", "--no-compile-time"]
+USER_MODULE = "bench_user_model"
+ROW_TYPES = {
+    "optimizer": str, "set": str, "tensors": int, "elements": int, "param_mb": float, "impl": str,
+    "device": str, "dtype": str, "median_ms": float, "iqr_ms": float, "vs_torch_best": (float, type(None)),
+    "vs_torch_best_eager": (float, type(None)), "bytes_per_step": int, "gb_per_s": float,
+    "bandwidth_fraction": float, "peak_growth_mb": (float, type(None)), "first_step_s": (float, type(None)),
+    "second_step_ms": (float, type(None)),
+}
+META_TYPES = {"torch_gd": str, "torch": str, "device": str, "device_name": str, "dtype": str, "threads": int,
+              "machine": str, "command": str, "rounds": int, "steps_per_round": int, "notes": list}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One CLI run on 20 tensors of 100 elements, and the directory it wrote into."""
+    out = tmp_path_factory.mktemp("benchmark")
+    argv = ["--sets", "20x100", "--optimizers", "Adam", "SGD", "RMSprop", "--impls", *PREBUILT, *SHORT,
+            "--out", str(out)]
+    return cli.main(argv), argv, out
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A user's module of parameter builders on sys.path, as ``--set module:function`` finds it."""
+    (tmp_path / f"{USER_MODULE}.py").write_text(textwrap.dedent("""
+        import torch
+
+        def model():
+            return torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+        def tensors():
+            return (torch.randn(5), torch.randn(3, 3))
+
+        def big():
+            return [torch.randn(250_000) for _ in range(4)]
+
+        def nothing():
+            return 3
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, USER_MODULE, raising=False)
+    return USER_MODULE
+
+
+def _groups(rows):
+    by_case = defaultdict(dict)
+    for r in rows:
+        by_case[r["optimizer"], r["set"]][r["impl"]] = r
+    return by_case
+
+
+def test_json_has_meta_and_typed_rows(tiny_run):
+    result, argv, out = tiny_run
+    written = json.loads((out / "cpu_fp32.json").read_text())
+    assert written == result
+    for key, kind in META_TYPES.items():
+        assert isinstance(written["meta"][key], kind), key
+    assert shlex.split(written["meta"]["command"])[:3] == ["python", "-m", "torch_gd.benchmark"]
+    assert cli.parser().parse_args(shlex.split(written["meta"]["command"])[3:]) == cli.parser().parse_args(argv)
+    for row in written["rows"]:
+        assert set(row) == set(ROW_TYPES)
+        for key, kind in ROW_TYPES.items():
+            assert isinstance(row[key], kind), (key, row[key])
+    assert {(r["optimizer"], r["impl"]) for r in written["rows"]} == {
+        (o, i) for o in ("Adam", "SGD", "RMSprop") for i in ("torch for-loop", "torch foreach", "torch fused",
+                                                               "torch_gd default")
+    } - {("RMSprop", "torch fused")}
+    assert any("RMSprop" in n and "fused" in n for n in written["meta"]["notes"])
+    assert [t["set"] for t in written["triad"]] == ["20x100"]
+
+
+def test_ratios_are_the_runs_own_medians(tiny_run):
+    for (optimizer, _), impls in _groups(tiny_run[0]["rows"]).items():
+        eager = min(impls[i]["median_ms"] for i in optimizers.TORCH_EAGER)
+        best = min(impls[i]["median_ms"] for i in optimizers.TORCH if i in impls)
+        for r in impls.values():
+            assert r["vs_torch_best"] == pytest.approx(r["median_ms"] / best, rel=1e-12)
+            assert r["vs_torch_best_eager"] == pytest.approx(r["median_ms"] / eager, rel=1e-12)
+
+
+def test_bandwidth_is_bytes_over_time_and_a_fraction_of_the_runs_best(tiny_run):
+    result = tiny_run[0]
+    everything = result["rows"] + result["triad"]
+    best = max(r["gb_per_s"] for r in everything)
+    for r in result["rows"]:
+        assert r["bytes_per_step"] == r["elements"] * optimizers.bytes_per_element(r["optimizer"], torch.float32)
+    for r in everything:
+        assert r["gb_per_s"] == pytest.approx(r["bytes_per_step"] / (r["median_ms"] / 1e3) / 1e9, rel=1e-12)
+        assert r["bandwidth_fraction"] == pytest.approx(r["gb_per_s"] / best, rel=1e-12)
+        assert 0 < r["bandwidth_fraction"] <= 1
+    assert result["triad"][0]["bytes_per_step"] == 3 * 4 * 20 * 100
+
+
+@pytest.mark.parametrize("optimizer,dtype,expected", [
+    ("Adam", torch.float32, 28), ("AdamW", torch.float32, 28), ("Adam", torch.bfloat16, 14),
+    ("SGD", torch.float32, 20), ("Adagrad", torch.float32, 20), ("RMSprop", torch.float32, 28),
+])
+def test_bytes_per_element_count_each_tensor_read_and_written(optimizer, dtype, expected):
+    assert optimizers.bytes_per_element(optimizer, dtype) == expected
+
+
+def test_csv_has_the_same_rows(tiny_run):
+    result, _, out = tiny_run
+    with (out / "cpu_fp32.csv").open(newline="") as f:
+        written = list(csv.DictReader(f))
+    assert written == [{k: "" if v is None else str(v) for k, v in r.items()} for r in result["rows"]]
+
+
+def test_png_is_written(tiny_run):
+    pytest.importorskip("matplotlib")
+    png = tiny_run[2] / "cpu_fp32.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_runs_without_matplotlib_and_tqdm(tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure", "tqdm"):
+        monkeypatch.setitem(sys.modules, name, None)
+    cli.main(["--sets", "10x10", "--optimizers", "SGD", "--impls", *PREBUILT, *SHORT, "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "matplotlib not installed: no PNG (pip install torch_gd[plot])" in printed
+    assert "tqdm not installed" in printed and "[2/2] SGD 10x10 step time" in printed
+    assert not (tmp_path / "cpu_fp32.png").exists() and (tmp_path / "cpu_fp32.json").exists()
+
+
+def test_a_users_set_through_its_import_path(user_module, tmp_path, capsys):
+    result = cli.main(["--set", f"{user_module}:model", "--optimizers", "Adagrad",
+                       "--impls", "torch for-loop", "torch_gd-default", *SHORT, "--out", str(tmp_path)])
+    assert [(r["tensors"], r["elements"], r["impl"]) for r in result["rows"]] == [
+        (4, 10 * 8 + 8 + 8 * 2 + 2, "torch for-loop"), (4, 10 * 8 + 8 + 8 * 2 + 2, "torch_gd default")]
+    # Without torch's foreach and fused steps there is nothing to divide by.
+    assert all(r["vs_torch_best"] is None and r["vs_torch_best_eager"] is None for r in result["rows"])
+    printed = capsys.readouterr().out
+    assert f"{user_module}:model" in printed and "no PNG" in printed
+
+
+def test_sets_build_the_same_tensors_every_time(user_module):
+    first, again = sets.build(f"{user_module}:tensors"), sets.build(f"{user_module}:tensors")
+    assert [t.shape for t in first] == [(5,), (3, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert [t.shape for t in sets.build("3x7")] == [(7,)] * 3
+    assert sum(t.numel() for t in sets.build("gpt2-small")) == 124_439_808
+
+
+@pytest.mark.parametrize("name", ["resnet7", f"{USER_MODULE}:missing", "no_such_module_here:build"])
+def test_unknown_sets_are_rejected_before_running(name, user_module):
+    with pytest.raises(ValueError, match=name.partition(":")[0]):
+        sets.check(name)
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--sets", name])
+
+
+def test_a_builder_must_return_a_module_or_tensors(user_module):
+    with pytest.raises(ValueError, match="nn.Module or a non-empty iterable of tensors"):
+        sets.build(f"{user_module}:nothing")
+
+
+def test_quick_changes_only_the_defaults():
+    def config(*argv):
+        return cli.config(cli.parser().parse_args(argv))
+
+    quick = config("--quick")
+    assert (quick.sets, quick.memory, quick.compile_time, quick.rounds) == (sets.QUICK, False, False, 3)
+    asked = config("--quick", "--memory", "--rounds", "5", "--impls", "torch_gd-fused")
+    assert (asked.memory, asked.compile_time, asked.rounds, asked.impls) == (True, False, 5, ["torch_gd fused"])
+    full = config()
+    assert (full.sets, full.memory, full.compile_time, full.rounds) == (sets.DEFAULT, True, True, 7)
+
+
+class FakeEvent:
+    """Stands in for torch.cuda.Event: logs its records and reports a known elapsed time."""
+
+    def __init__(self, log, enable_timing=False):
+        assert enable_timing
+        self.log = log
+
+    def record(self):
+        self.log.append(("record", self))
+
+    def elapsed_time(self, end):
+        assert ("record", self) in self.log and ("record", end) in self.log
+        return 12.5
+
+
+def test_event_timer_times_between_events_after_synchronizing():
+    log = []
+    timer = EventTimer(event=lambda **kw: FakeEvent(log, **kw), synchronize=lambda: log.append("sync"))
+    assert timer.seconds(lambda: log.append("call")) == 12.5e-3
+    start, call, end = (log.index(e) for e in log if e != "sync")
+    assert log[start][0] == "record" and log[call] == "call" and log[end][0] == "record" and start < call < end
+    assert "sync" in log[end:], "elapsed_time needs the end event to have happened"
+
+
+def test_timer_for_picks_the_device_timer():
+    assert isinstance(timer_for("cpu"), WallTimer)
+    cuda = timer_for("cuda:1")
+    assert isinstance(cuda, EventTimer) and cuda.event is torch.cuda.Event and cuda.synchronize is torch.cuda.synchronize
+
+
+class ScriptedTimer:
+    """Each call's timed durations are 1, 2, 3, ... seconds, counted per call."""
+
+    def __init__(self, log):
+        self.log, self.counts = log, defaultdict(int)
+
+    def seconds(self, fn):
+        fn()
+        self.counts[self.log[-1]] += 1
+        return float(self.counts[self.log[-1]])
+
+
+def test_interleaving_rotates_the_order_and_reports_median_and_iqr_over_rounds():
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    timings = measure.interleaved(calls, ScriptedTimer(log), rounds=3, per_round=3)
+    warm = ["a"] * measure.WARMUP + ["b"] * measure.WARMUP + ["c"] * measure.WARMUP
+    assert log == warm + [n for order in ("abc", "bca", "cab") for n in order for _ in range(3)]
+    # Rounds time 1-3, 4-6, 7-9 s: round medians 2, 5, 8 s; quartiles 2 and 8.
+    assert all(t == measure.Timing(median_ms=5000.0, iqr_ms=6000.0) for t in timings.values())
+
+
+class FakePeak:
+    """Stands in for the CUDA allocator's counters: reports a known growth after a reset."""
+
+    def reset(self):
+        self.was_reset = True
+
+    def growth(self):
+        assert self.was_reset
+        return 3 * 2**20
+
+
+def test_in_process_peak_memory_reports_the_probes_growth():
+    case = {"optimizer": "SGD", "set": "2x10", "impl": "torch for-loop", "device": "cpu", "dtype": "fp32"}
+    assert isolated.measure_peak(case, FakePeak()) == {"peak_growth_mb": 3.0}
+
+
+def test_peak_memory_in_a_subprocess_sees_adams_state(user_module):
+    # The child finds the user's set through the parent's sys.path.
+    case = {"optimizer": "Adam", "set": f"{user_module}:big", "impl": "torch for-loop", "device": "cpu",
+            "dtype": "fp32"}
+    param_mb = 4 * 250_000 * 4 / 2**20
+    # Adam keeps two param-sized moments.
+    assert isolated.peak_memory(case)["peak_growth_mb"] >= 2 * param_mb * 0.95
+
+
+def test_first_steps_in_a_subprocess():
+    case = {"optimizer": "SGD", "set": "5x10", "impl": "torch_gd default", "device": "cpu", "dtype": "fp32"}
+    times = isolated.cold_first_step(case)
+    assert set(times) == {"first_step_s", "second_step_ms"} and all(t > 0 for t in times.values())
+
+
+def test_fused_rows_and_ratios():
+    impls = [*optimizers.TORCH, "torch_gd fused"]
+    config = Config(optimizers=["SGD"], sets=["20x100"], impls=impls, rounds=2, steps_per_round=1,
+                    memory=False, compile_time=False)
+    rows = run(config, make_progress=progress.Lines)["rows"]
+    by_impl = {r["impl"]: r for r in rows}
+    assert list(by_impl) == impls
+    best = min(by_impl[i]["median_ms"] for i in optimizers.TORCH)
+    assert by_impl["torch_gd fused"]["vs_torch_best"] == pytest.approx(by_impl["torch_gd fused"]["median_ms"] / best)

@@ -1,0 +1,64 @@
+"""Step time measured side by side in one process, and the memory bandwidth a plain stream
+reaches on buffers of the same size."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import optimizers, sets
+from .timing import Timer
+
+WARMUP = 2
+# a = b + s·c reads b and c and writes a.
+TRIAD_TENSORS = 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    iqr_ms: float
+
+
+def summarize(seconds: Sequence[float]) -> Timing:
+    """Median and interquartile range, in ms."""
+    q = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [seconds[0]] * 3
+    return Timing(statistics.median(seconds) * 1e3, (q[2] - q[0]) * 1e3)
+
+
+def interleaved(calls: dict[str, Callable[[], Any]], timer: Timer, rounds: int, per_round: int) -> dict[str, Timing]:
+    """Each call's time: after ``WARMUP`` untimed calls each (state, compiled kernels), every
+    round times each call ``per_round`` times and keeps the median; the order rotates between
+    rounds, so drift in the machine's speed hits every call alike. Median and IQR over rounds."""
+    for fn in calls.values():
+        for _ in range(WARMUP):
+            fn()
+    names = list(calls)
+    per_name: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        first = r % len(names)
+        for name in names[first:] + names[:first]:
+            per_name[name].append(statistics.median([timer.seconds(calls[name]) for _ in range(per_round)]))
+    return {name: summarize(ts) for name, ts in per_name.items()}
+
+
+def step_times(optimizer: str, impls: Sequence[str], params: list[torch.nn.Parameter], timer: Timer,
+               rounds: int, per_round: int) -> dict[str, Timing]:
+    """The step time of each implementation, each on its own copy of ``params`` and grads."""
+    opts = {impl: optimizers.build(optimizer, impl, sets.clone(params)) for impl in impls}
+    return interleaved({impl: opt.step for impl, opt in opts.items()}, timer, rounds, per_round)
+
+
+def triad(elements: int, device: str, dtype: torch.dtype, timer: Timer, rounds: int, per_round: int) -> Timing:
+    """Time of ``a = b + s·c`` on buffers of ``elements``: the bandwidth a plain stream reaches."""
+    b, c = (torch.randn(elements, device=device, dtype=dtype) for _ in range(2))
+    a = torch.empty_like(b)
+    return interleaved({"triad": lambda: torch.add(b, c, alpha=0.5, out=a)}, timer, rounds, per_round)["triad"]
+
+
+def gb_per_s(bytes_per_step: int, median_ms: float) -> float:
+    """Achieved bandwidth in GB/s (10⁹ bytes) of moving ``bytes_per_step`` in ``median_ms``."""
+    return bytes_per_step / median_ms / 1e6

@@ -1,0 +1,97 @@
+"""A run's results as a terminal table, JSON, CSV and a PNG bar chart."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+# (header, row key, format) of the terminal table; numbers are right-aligned.
+COLUMNS = [
+    ("optimizer", "optimizer", "{}"),
+    ("set", "set", "{}"),
+    ("impl", "impl", "{}"),
+    ("ms", "median_ms", "{:.3g}"),
+    ("IQR", "iqr_ms", "{:.2g}"),
+    ("/torch best", "vs_torch_best", "{:.2f}"),
+    ("/torch eager", "vs_torch_best_eager", "{:.2f}"),
+    ("GB/s", "gb_per_s", "{:.3g}"),
+    ("of best BW", "bandwidth_fraction", "{:.0%}"),
+    ("peak +MB", "peak_growth_mb", "{:.3g}"),
+    ("1st step s", "first_step_s", "{:.1f}"),
+]
+_TEXT = 3
+
+
+def _cells(row: dict[str, Any], previous: Optional[dict[str, Any]]) -> list[str]:
+    cells = ["—" if row[key] is None else fmt.format(row[key]) for _, key, fmt in COLUMNS]
+    # Optimizer and set only where they change, so each group reads as a block.
+    if previous is not None and (previous["optimizer"], previous["set"]) == (row["optimizer"], row["set"]):
+        cells[:2] = ["", ""]
+    return cells
+
+
+def table(result: dict[str, Any]) -> str:
+    """The run as text: where it ran, each set's size and triad bandwidth, then a line per
+    optimizer × set × implementation."""
+    m = result["meta"]
+    lines = [f"torch_gd {m['torch_gd']} against torch {m['torch']} on {m['device']} {m['device_name']}".rstrip()
+             + f", {m['dtype']}, {m['threads']} threads; median of {m['rounds']} rounds of {m['steps_per_round']} steps"]
+    lines += [f"  {t['set']}: {t['tensors']} tensors, {t['elements']:,} elements ({t['param_mb']:.3g} MB); triad a = b + s·c "
+              f"{t['gb_per_s']:.3g} GB/s" for t in result["triad"]]
+    rows = result["rows"]
+    body = [[h for h, _, _ in COLUMNS]] + [_cells(r, p) for r, p in zip(rows, [None, *rows])]
+    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
+    for line in body:
+        lines.append("  ".join(c.ljust(w) if i < _TEXT else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    lines.append("/torch best, /torch eager: step time over torch's best implementation (fused where it has one) "
+                 "and over its faster eager one; below 1 is faster than torch.")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    path.write_text(json.dumps(result, indent=1))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The rows, one a line; an unmeasured value is an empty cell."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_png(path: Path, result: dict[str, Any]) -> Optional[str]:
+    """A bar chart of each implementation's step time over torch's best, per optimizer and set
+    (log scale); or, if it cannot be drawn, why not."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        return "matplotlib not installed: no PNG (pip install torch_gd[plot])"
+    rows = [r for r in result["rows"] if r["vs_torch_best"] is not None]
+    if not rows:
+        return "no PNG: the run did not measure all of torch's implementations, so there are no ratios"
+    groups = list(dict.fromkeys((r["optimizer"], r["set"]) for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    width = 0.8 / len(impls)
+    fig = Figure(figsize=(max(6.0, 0.25 * len(rows) + 2), 4.5))
+    ax = fig.subplots()
+    for k, impl in enumerate(impls):
+        mine = [r for r in rows if r["impl"] == impl]
+        ax.bar([groups.index((r["optimizer"], r["set"])) + (k - (len(impls) - 1) / 2) * width for r in mine],
+               [r["vs_torch_best"] for r in mine], width, label=impl)
+    ax.axhline(1, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda y, _: f"{y:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xticks(range(len(groups)), [f"{o}\n{s}" for o, s in groups])
+    ax.set_ylabel("step time / torch's best (lower is faster)")
+    m = result["meta"]
+    ax.set_title(f"torch_gd against torch {m['torch']}, {m['device']} {m['dtype']}, {m['threads']} threads")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return None

@@ -1,0 +1,165 @@
+"""One benchmark run: every optimizer × parameter set × implementation on one device and
+dtype, as rows with ratios against torch and achieved bandwidth, plus one triad per set."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+import torch_gd
+
+from . import isolated, measure, optimizers, sets
+from .optimizers import COMPILED, IMPLS, OPTIMIZERS, TORCH, TORCH_EAGER
+from .progress import Progress, progress
+from .timing import timer_for
+
+CASE_KEYS = ("optimizer", "set", "impl", "device", "dtype")
+
+
+@dataclass(frozen=True)
+class Config:
+    """What a run measures, where, and how many times."""
+
+    optimizers: Sequence[str] = tuple(OPTIMIZERS)
+    sets: Sequence[str] = sets.DEFAULT
+    impls: Sequence[str] = tuple(IMPLS)
+    device: str = "cpu"
+    dtype: str = "fp32"
+    rounds: int = 7
+    steps_per_round: int = 3
+    memory: bool = True
+    compile_time: bool = True
+
+
+def run(config: Config, command: str = "", make_progress: Callable[[int], Progress] = progress) -> dict[str, Any]:
+    """Measure ``config``. Returns ``meta`` (versions, machine, ``command``, what was skipped),
+    ``rows`` (one per optimizer × set × implementation) and ``triad`` (one per set)."""
+    missing = {opt: _missing(opt, config) for opt in config.optimizers}
+    notes = [f"skipped {impl} for {opt}: {why}" for opt, m in missing.items() for impl, why in m.items()
+             if impl in config.impls]
+    print(*notes, sep="\n", end="\n" if notes else "")
+    impls = {opt: [i for i in config.impls if i not in missing[opt]] for opt in config.optimizers}
+    per_set = 1 + len(config.optimizers) + sum(
+        config.memory + (config.compile_time and i in COMPILED) for v in impls.values() for i in v)
+    bar = make_progress(len(config.sets) * per_set)
+    try:
+        rows, triads = _timed(config, impls, bar)
+        _isolated(rows, config, bar, notes)
+    finally:
+        bar.close()
+    _add_ratios(rows, {opt: [i for i in TORCH if i not in missing[opt]] for opt in config.optimizers})
+    _add_bandwidth_fractions([*rows, *triads])
+    return {"meta": meta(config, command, notes), "rows": rows, "triad": triads}
+
+
+def _missing(optimizer: str, config: Config) -> dict[str, str]:
+    """torch's implementations of ``optimizer`` that cannot run on this device and dtype, and why."""
+    dtype = sets.DTYPES[config.dtype]
+    why = {impl: optimizers.unavailable(optimizer, impl, config.device, dtype) for impl in TORCH}
+    return {impl: reason for impl, reason in why.items() if reason is not None}
+
+
+def _timed(config: Config, impls: dict[str, list[str]], bar: Progress) -> tuple[list[dict], list[dict]]:
+    """Step times of every case and a triad per set, building each set once."""
+    timer, dtype = timer_for(config.device), sets.DTYPES[config.dtype]
+    rows, triads = [], []
+    for set_name in config.sets:
+        params = sets.parameters(sets.build(set_name), config.device, dtype)
+        size = {"set": set_name, "tensors": len(params), "elements": sum(p.numel() for p in params),
+                "param_mb": sum(p.numel() * p.element_size() for p in params) / 2**20}
+        with bar.case(f"{set_name} triad"):
+            t = measure.triad(size["elements"], config.device, dtype, timer, config.rounds, config.steps_per_round)
+        triads.append(_with_bandwidth({**size, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms},
+                                      measure.TRIAD_TENSORS * dtype.itemsize))
+        for optimizer in config.optimizers:
+            with bar.case(f"{optimizer} {set_name} step time"):
+                timings = measure.step_times(optimizer, impls[optimizer], params, timer, config.rounds,
+                                             config.steps_per_round)
+            rows += [_row(optimizer, impl, size, t, config) for impl, t in timings.items()]
+        del params
+    rows.sort(key=lambda r: config.optimizers.index(r["optimizer"]))
+    return rows, triads
+
+
+def _with_bandwidth(row: dict[str, Any], bytes_per_element: int) -> dict[str, Any]:
+    bytes_per_step = row["elements"] * bytes_per_element
+    return {**row, "bytes_per_step": bytes_per_step, "gb_per_s": measure.gb_per_s(bytes_per_step, row["median_ms"]),
+            "bandwidth_fraction": None}
+
+
+def _row(optimizer: str, impl: str, size: dict[str, Any], t: measure.Timing, config: Config) -> dict[str, Any]:
+    row = {"optimizer": optimizer, **size, "impl": impl, "device": config.device, "dtype": config.dtype,
+           "median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "vs_torch_best": None, "vs_torch_best_eager": None}
+    row = _with_bandwidth(row, optimizers.bytes_per_element(optimizer, sets.DTYPES[config.dtype]))
+    return {**row, "peak_growth_mb": None, "first_step_s": None, "second_step_ms": None}
+
+
+def _isolated(rows: list[dict], config: Config, bar: Progress, notes: list[str]) -> None:
+    """Peak memory of every row and the cold first step of compiled ones, each in a fresh process
+    (peak memory on CUDA in this one)."""
+    for row in rows:
+        if config.memory:
+            _isolated_case(row, "peak memory", isolated.peak_memory, bar, notes)
+        if config.compile_time and row["impl"] in COMPILED:
+            _isolated_case(row, "cold first step", isolated.cold_first_step, bar, notes)
+
+
+def _isolated_case(row: dict[str, Any], what: str, fn: Callable[[dict], dict], bar: Progress, notes: list[str]) -> None:
+    # A failed child becomes a note rather than the end of a long run.
+    with bar.case(f"{row['optimizer']} {row['set']} {row['impl']} {what}"):
+        try:
+            row.update(fn({k: row[k] for k in CASE_KEYS}))
+        except RuntimeError as e:
+            notes.append(str(e))
+            bar.note(notes[-1])
+
+
+def _best(medians: dict[tuple, float], optimizer: str, set_name: str, impls: Sequence[str]) -> Optional[float]:
+    found = [medians.get((optimizer, set_name, i)) for i in impls]
+    return min(found) if found and None not in found else None
+
+
+def _add_ratios(rows: list[dict], torch_has: dict[str, list[str]]) -> None:
+    """Each row's median over the median of torch's best implementation and of its faster eager
+    one, from the same rows; None where the run did not measure all of those."""
+    medians = {(r["optimizer"], r["set"], r["impl"]): r["median_ms"] for r in rows}
+    for r in rows:
+        for key, impls in (("vs_torch_best", torch_has[r["optimizer"]]), ("vs_torch_best_eager", TORCH_EAGER)):
+            best = _best(medians, r["optimizer"], r["set"], impls)
+            r[key] = None if best is None else r["median_ms"] / best
+
+
+def _add_bandwidth_fractions(rows: list[dict]) -> None:
+    """Each row's bandwidth as a fraction of the best the run saw (a triad or any step)."""
+    best = max(r["gb_per_s"] for r in rows)
+    for r in rows:
+        r["bandwidth_fraction"] = r["gb_per_s"] / best
+
+
+def meta(config: Config, command: str, notes: list[str]) -> dict[str, Any]:
+    """Where and how a run was measured, and how to reproduce it."""
+    cuda = torch.device(config.device).type == "cuda"
+    return {
+        "torch_gd": torch_gd.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "device": config.device, "device_name": torch.cuda.get_device_name(config.device) if cuda else _cpu_name(),
+        "dtype": config.dtype, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "platform": platform.platform(), "command": command, "rounds": config.rounds,
+        "steps_per_round": config.steps_per_round,
+        "hyperparameters": {opt: OPTIMIZERS[opt].kwargs for opt in config.optimizers},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "notes": notes,
+    }
+
+
+def _cpu_name() -> str:
+    # platform.processor() is empty on most Linux systems.
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor()

@@ -1,0 +1,51 @@
+"""Timers: how long one call takes on a device, behind one interface so the loops that use them
+are the same on the CPU and on CUDA."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Protocol
+
+import torch
+
+
+class Timer(Protocol):
+    def seconds(self, fn: Callable[[], Any]) -> float:
+        """Seconds ``fn()`` takes."""
+
+
+class WallTimer:
+    """Host wall time: on the CPU every op has finished when the call returns."""
+
+    def seconds(self, fn: Callable[[], Any]) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+
+class EventTimer:
+    """Device time between two CUDA events around the call.
+
+    ``event`` and ``synchronize`` default to torch.cuda's; tests substitute fakes, which is why
+    they are parameters.
+    """
+
+    def __init__(self, event: Callable[..., Any] = torch.cuda.Event,
+                 synchronize: Callable[[], None] = torch.cuda.synchronize) -> None:
+        self.event = event
+        self.synchronize = synchronize
+
+    def seconds(self, fn: Callable[[], Any]) -> float:
+        start, end = self.event(enable_timing=True), self.event(enable_timing=True)
+        # Start from an idle device, so earlier queued work does not count against this call.
+        self.synchronize()
+        start.record()
+        fn()
+        end.record()
+        self.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+
+def timer_for(device: str) -> Timer:
+    """The timer that measures work on ``device`` ("cpu" or "cuda[:n]")."""
+    return EventTimer() if torch.device(device).type == "cuda" else WallTimer()
