@@ -29,7 +29,8 @@ ROW_TYPES = {
     "second_step_ms": (float, type(None)),
 }
 META_TYPES = {"torch_gd": str, "torch": str, "device": str, "device_name": str, "dtype": str, "threads": int,
-              "machine": str, "command": str, "rounds": int, "steps_per_round": int, "notes": list}
+              "machine": str, "command": str, "rounds": int, "steps_per_round": int, "notes": list,
+              "load_average": (float, type(None))}
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,27 @@ def test_runs_without_matplotlib_and_tqdm(tmp_path, monkeypatch, capsys):
     assert "matplotlib not installed: no PNG (pip install torch_gd[plot])" in printed
     assert "tqdm not installed" in printed and "[2/2] SGD 10x10 step time" in printed
     assert not (tmp_path / "cpu_fp32.png").exists() and (tmp_path / "cpu_fp32.json").exists()
+
+
+def _one_case(**kw):
+    config = Config(optimizers=["SGD"], sets=["3x10"], impls=["torch for-loop"], rounds=1, steps_per_round=1, **kw)
+    return run(config, make_progress=progress.Lines)
+
+
+def test_a_busy_machine_is_noted(monkeypatch):
+    monkeypatch.setattr("os.getloadavg", lambda: (1000.0, 1000.0, 1000.0))
+    result = _one_case(memory=False, compile_time=False)
+    assert result["meta"]["load_average"] == 1000.0
+    assert any(n.startswith("machine busy: load average 1000.0") for n in result["meta"]["notes"])
+
+
+def test_a_failed_measurement_becomes_a_note_not_the_end_of_the_run(monkeypatch):
+    def fail(case):
+        raise RuntimeError(f"peak_memory of {case['set']} failed: boom")
+    monkeypatch.setattr(isolated, "peak_memory", fail)
+    result = _one_case(memory=True, compile_time=False)
+    assert result["rows"][0]["peak_growth_mb"] is None and result["rows"][0]["median_ms"] > 0
+    assert "peak_memory of 3x10 failed: boom" in result["meta"]["notes"]
 
 
 def test_a_users_set_through_its_import_path(user_module, tmp_path, capsys):

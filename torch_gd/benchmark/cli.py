@@ -1,8 +1,8 @@
-"""The command line of ``python -m torch_gd.benchmark``: step time, bandwidth, peak memory and cold compile time of
-torch_gd's optimizers against torch.optim's, side by side on one device.
+"""The command line of ``python -m torch_gd.benchmark``: step time, bandwidth, peak memory and
+cold compile time of torch_gd's optimizers against torch.optim's, side by side on one device.
 
-    python -m torch_gd.benchmark --quick                     # seconds: 200 tensors of 1000
-    python -m torch_gd.benchmark                             # every set, optimizer and implementation
+    python -m torch_gd.benchmark --quick     # seconds (the first run compiles the fused kernels)
+    python -m torch_gd.benchmark             # every set, optimizer and implementation: long
     python -m torch_gd.benchmark --sets resnet50 my.models:build --optimizers Adam --dtype bf16
 
 Prints a table and writes JSON, CSV and (with matplotlib) a PNG into --out.
@@ -23,10 +23,11 @@ from .optimizers import IMPLS, OPTIMIZERS
 from .run import Config, run
 
 QUICK = {"sets": sets.QUICK, "rounds": 3, "steps_per_round": 2, "memory": False, "compile_time": False}
-FULL = {"sets": sets.DEFAULT, "rounds": 7, "steps_per_round": 3, "memory": True, "compile_time": True}
+FULL = {key: getattr(Config(), key) for key in QUICK}
 
 
 def _checked(check: Callable[[str], str]) -> Callable[[str], str]:
+    """``check`` as an argparse type: its ValueError becomes a usage error with its message."""
     def parse(value: str) -> str:
         try:
             return check(value)
@@ -44,6 +45,7 @@ def _impl(name: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The options; --quick and the full run differ only in the defaults of what is not given."""
     ap = argparse.ArgumentParser(prog="python -m torch_gd.benchmark", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

@@ -109,7 +109,8 @@ def _spawn(task: str, case: dict[str, Any], **env: str) -> dict[str, float]:
     done = subprocess.run([sys.executable, "-m", "torch_gd.benchmark._child", task, json.dumps(case)],
                           env={**os.environ, **env, "PYTHONPATH": path}, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"{task} of {case} failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{task} of {case} failed: {last}")
     return json.loads(done.stdout.splitlines()[-1])
 
 

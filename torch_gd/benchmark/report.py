@@ -63,35 +63,40 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_png(path: Path, result: dict[str, Any]) -> Optional[str]:
-    """A bar chart of each implementation's step time over torch's best, per optimizer and set
-    (log scale); or, if it cannot be drawn, why not."""
+    """Bar charts of each implementation's step time over torch's best, a panel per optimizer
+    with a group of bars per set (log scale); or, if it cannot be drawn, why not."""
     try:
         from matplotlib.figure import Figure
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
         return "matplotlib not installed: no PNG (pip install torch_gd[plot])"
     rows = [r for r in result["rows"] if r["vs_torch_best"] is not None]
     if not rows:
         return "no PNG: the run did not measure all of torch's implementations, so there are no ratios"
-    groups = list(dict.fromkeys((r["optimizer"], r["set"]) for r in rows))
-    impls = list(dict.fromkeys(r["impl"] for r in rows))
-    width = 0.8 / len(impls)
-    fig = Figure(figsize=(max(6.0, 0.25 * len(rows) + 2), 4.5))
-    ax = fig.subplots()
-    for k, impl in enumerate(impls):
-        mine = [r for r in rows if r["impl"] == impl]
-        ax.bar([groups.index((r["optimizer"], r["set"])) + (k - (len(impls) - 1) / 2) * width for r in mine],
-               [r["vs_torch_best"] for r in mine], width, label=impl)
-    ax.axhline(1, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    plain = FuncFormatter(lambda y, _: f"{y:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
-    ax.set_xticks(range(len(groups)), [f"{o}\n{s}" for o, s in groups])
-    ax.set_ylabel("step time / torch's best (lower is faster)")
+    names = {key: list(dict.fromkeys(r[key] for r in rows)) for key in ("optimizer", "set", "impl")}
+    width = 0.8 / len(names["impl"])
+    fig = Figure(figsize=(max(7.0, 1.2 * len(names["set"]) + 2), 2.4 * len(names["optimizer"]) + 1),
+                 layout="constrained")
+    axes = fig.subplots(len(names["optimizer"]), 1, sharey=True, squeeze=False)[:, 0]
+    for ax, optimizer in zip(axes, names["optimizer"]):
+        for k, impl in enumerate(names["impl"]):
+            mine = [r for r in rows if (r["optimizer"], r["impl"]) == (optimizer, impl)]
+            if not mine:
+                continue
+            ax.bar([names["set"].index(r["set"]) + (k - (len(names["impl"]) - 1) / 2) * width for r in mine],
+                   [r["vs_torch_best"] for r in mine], width, label=impl, color=f"C{k}")
+        ax.axhline(1, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(range(len(names["set"])), names["set"])
+        ax.set_ylabel(f"{optimizer}\nstep time / torch best")
+    # One legend for all panels: an optimizer torch cannot fuse has fewer bars.
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
     m = result["meta"]
-    ax.set_title(f"torch_gd against torch {m['torch']}, {m['device']} {m['dtype']}, {m['threads']} threads")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.suptitle(f"torch {m['torch']}, {m['device']} {m['dtype']}, {m['threads']} threads; below 1 is faster "
+                 "than torch's best", fontsize="medium")
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, fontsize="small")
+    fig.savefig(path, dpi=110)
     return None

@@ -4,6 +4,7 @@ dtype, as rows with ratios against torch and achieved bandwidth, plus one triad 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ def run(config: Config, command: str = "", make_progress: Callable[[int], Progre
     missing = {opt: _missing(opt, config) for opt in config.optimizers}
     notes = [f"skipped {impl} for {opt}: {why}" for opt, m in missing.items() for impl, why in m.items()
              if impl in config.impls]
+    notes += _busy()
     print(*notes, sep="\n", end="\n" if notes else "")
     impls = {opt: [i for i in config.impls if i not in missing[opt]] for opt in config.optimizers}
     per_set = 1 + len(config.optimizers) + sum(
@@ -56,6 +58,18 @@ def run(config: Config, command: str = "", make_progress: Callable[[int], Progre
     _add_ratios(rows, {opt: [i for i in TORCH if i not in missing[opt]] for opt in config.optimizers})
     _add_bandwidth_fractions([*rows, *triads])
     return {"meta": meta(config, command, notes), "rows": rows, "triad": triads}
+
+
+def _load() -> Optional[float]:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _busy() -> list[str]:
+    """A warning if other work loads the machine: threads that wait for a core make every
+    parallel op slow, and the ratios mean little."""
+    load, cpus = _load(), os.cpu_count() or 1
+    return [] if load is None or load <= cpus / 2 else [
+        f"machine busy: load average {load:.1f} on {cpus} CPUs; timings unreliable"]
 
 
 def _missing(optimizer: str, config: Config) -> dict[str, str]:
@@ -152,6 +166,7 @@ def meta(config: Config, command: str, notes: list[str]) -> dict[str, Any]:
         "platform": platform.platform(), "command": command, "rounds": config.rounds,
         "steps_per_round": config.steps_per_round,
         "hyperparameters": {opt: OPTIMIZERS[opt].kwargs for opt in config.optimizers},
+        "load_average": _load(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "notes": notes,
     }
 
