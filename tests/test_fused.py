@@ -169,6 +169,36 @@ def test_no_recompiles_after_the_first_step():
         assert counters["stats"]["unique_graphs"] == compiled_after_first, cls
 
 
+def test_kernels_are_called_directly_once_compiled():
+    """After a signature's first call, kernels skip dynamo and call Inductor's code directly;
+    the results stay those of the eager rule over varied sizes, offsets and changing lr."""
+    import torch_gd
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5,), (3, 4), (_engine.PACK_MAX_NUMEL + 1,), (2, _engine.PACK_MAX_NUMEL)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt, ref = torch_gd.Adam(params, fused=True), torch_gd.Adam(refs)
+    saved = {key: k.compiled for key, k in _fused._KERNELS.items()}
+    try:
+        for step in range(4):
+            for p, q in zip(params, refs):
+                p.grad = torch.randn(p.shape, generator=gen)
+                q.grad = p.grad.clone()
+            for o in (opt, ref):
+                o.param_groups[0]["lr"] = 1e-2 / (1 + step)
+            if step == 1:  # compiled: from now on dynamo must not be entered
+                for key, k in _fused._KERNELS.items():
+                    saved[key] = k.compiled
+                    k.compiled = lambda *a: pytest.fail("dynamo entered for a known signature")
+            opt.step()
+            ref.step()
+            assert_params_close(params, refs, **tol(torch.float32))
+    finally:
+        for key, compiled in saved.items():
+            _fused._KERNELS[key].compiled = compiled
+
+
 @cases
 def test_fused_traces_for_a_fake_cuda_device(case):
     """Inductor cannot build CUDA kernels without a driver; dynamo with aot_eager can trace the
