@@ -237,7 +237,8 @@ def test_event_timer_times_between_events_after_synchronizing():
 def test_timer_for_picks_the_device_timer():
     assert isinstance(timer_for("cpu"), WallTimer)
     cuda = timer_for("cuda:1")
-    assert isinstance(cuda, EventTimer) and cuda.event is torch.cuda.Event and cuda.synchronize is torch.cuda.synchronize
+    assert isinstance(cuda, EventTimer)
+    assert cuda.event is torch.cuda.Event and cuda.synchronize is torch.cuda.synchronize
 
 
 class ScriptedTimer:

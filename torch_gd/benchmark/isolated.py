@@ -124,4 +124,5 @@ def peak_memory(case: dict[str, Any]) -> dict[str, float]:
 def cold_first_step(case: dict[str, Any]) -> dict[str, float]:
     """:func:`first_steps` for ``case`` in a fresh process with empty compile caches."""
     with tempfile.TemporaryDirectory() as cache:
-        return _spawn("first_steps", case, TORCHINDUCTOR_CACHE_DIR=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"))
+        return _spawn("first_steps", case, TORCHINDUCTOR_CACHE_DIR=cache,
+                      TRITON_CACHE_DIR=os.path.join(cache, "triton"))

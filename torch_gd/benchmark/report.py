@@ -32,19 +32,23 @@ def _cells(row: dict[str, Any], previous: Optional[dict[str, Any]]) -> list[str]
     return cells
 
 
+def _header(result: dict[str, Any]) -> list[str]:
+    m = result["meta"]
+    where = f"{m['device']} {m['device_name']}".rstrip()
+    lines = [f"torch_gd {m['torch_gd']} against torch {m['torch']} on {where}, {m['dtype']}, {m['threads']} threads; "
+             f"median of {m['rounds']} rounds of {m['steps_per_round']} steps"]
+    return lines + [f"  {t['set']}: {t['tensors']} tensors, {t['elements']:,} elements ({t['param_mb']:.3g} MB); "
+                    f"triad a = b + s·c {t['gb_per_s']:.3g} GB/s" for t in result["triad"]]
+
+
 def table(result: dict[str, Any]) -> str:
     """The run as text: where it ran, each set's size and triad bandwidth, then a line per
     optimizer × set × implementation."""
-    m = result["meta"]
-    lines = [f"torch_gd {m['torch_gd']} against torch {m['torch']} on {m['device']} {m['device_name']}".rstrip()
-             + f", {m['dtype']}, {m['threads']} threads; median of {m['rounds']} rounds of {m['steps_per_round']} steps"]
-    lines += [f"  {t['set']}: {t['tensors']} tensors, {t['elements']:,} elements ({t['param_mb']:.3g} MB); triad a = b + s·c "
-              f"{t['gb_per_s']:.3g} GB/s" for t in result["triad"]]
     rows = result["rows"]
     body = [[h for h, _, _ in COLUMNS]] + [_cells(r, p) for r, p in zip(rows, [None, *rows])]
     widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
-    for line in body:
-        lines.append("  ".join(c.ljust(w) if i < _TEXT else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    lines = _header(result) + ["  ".join(c.ljust(w) if i < _TEXT else c.rjust(w)
+                                         for i, (c, w) in enumerate(zip(line, widths))) for line in body]
     lines.append("/torch best, /torch eager: step time over torch's best implementation (fused where it has one) "
                  "and over its faster eager one; below 1 is faster than torch.")
     return "\n".join(lines)
