@@ -1,5 +1,5 @@
-"""The command line of ``python -m torch_gd.benchmark``: step time, bandwidth, peak memory and
-cold compile time of torch_gd's optimizers against torch.optim's, side by side on one device.
+"""``python -m torch_gd.benchmark``: step time, bandwidth, peak memory and cold compile time of
+torch_gd's optimizers against torch.optim's, side by side on one device.
 
     python -m torch_gd.benchmark --quick     # seconds (the first run compiles the fused kernels)
     python -m torch_gd.benchmark             # every set, optimizer and implementation: long
@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
                     help="peak memory of each case, on the CPU in a subprocess (default: on unless --quick)")
     ap.add_argument("--compile-time", action=argparse.BooleanOptionalAction,
                     help="cold first step of torch_gd fused in a subprocess (default: on unless --quick)")
-    ap.add_argument("--out", type=Path, default=Path("benchmark_results"), help="directory for the default outputs")
+    ap.add_argument("--out", type=Path, default=Path("benchmark_results"), help="directory for the default outputs (default ./benchmark_results)")
     for ext in ("json", "csv", "png"):
         ap.add_argument(f"--{ext}", type=Path, help=f"{ext.upper()} output (default: OUT/DEVICE_DTYPE.{ext})")
     return ap
