@@ -38,6 +38,12 @@ def _setup(case, data, dtype=None):
         # then depends on accidents of type promotion (a 0-dim param with tensor betas computes
         # in fp32). Neither answer means anything, so compare where eps is representable.
         kwargs = {**kwargs, "eps": 1e-3}
+    if dtype == torch.float16 and float(kwargs.get("lr", 0.0)) > 0.1:
+        # fp16 state below 6e-5 (v = (1-β₂)·g² for small grads) is subnormal, with a few
+        # significant bits: torch and we are then both a few % off the fp32 value, and at
+        # lr = 0.5 that is several fp16 ulps of p. Compared at lr <= 0.1.
+        lr = kwargs["lr"]
+        kwargs = {**kwargs, "lr": torch.tensor(0.1) if isinstance(lr, torch.Tensor) else 0.1}
     if dtype in (torch.float16, torch.bfloat16) and kwargs.get("centered"):
         # Centered RMSprop divides by √(v − ḡ²), which cancels catastrophically when grads
         # are nearly constant (zero grads plus weight decay): a one-ulp difference in p then

@@ -16,6 +16,7 @@ from torch.optim.optimizer import _use_grad_for_differentiable
 
 from . import _checks
 from ._engine import Engine, Spec, scalar_dtype
+from ._state import State
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -41,6 +42,7 @@ class Optimizer(torch.optim.Optimizer):
         _checks.implementation(defaults)
         self._engine = Engine(self._spec)
         super().__init__(params, defaults)
+        self.state = State(self.state)
         if defaults.get("fused"):
             # GradScaler then hands us grad_scale/found_inf instead of unscaling and syncing.
             self._step_supports_amp_scaling = True
@@ -94,6 +96,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.state = State(self.state)
         for group in self.param_groups:
             for name, default in self._flag_defaults.items():
                 group.setdefault(name, default)
