@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import torch_gd
 from torch_gd import _engine
@@ -139,3 +140,47 @@ def test_momentum_toggled_by_a_group_edit_follows_torch():
         _grads(ours, step), _grads(theirs, step)
         a.step(), b.step()
         assert_params_close(ours, theirs, rtol=0, atol=0)
+
+
+_EVENTS = ["step", "step", "step", "no grad", "edit param", "rebind param", "replace state", "delete state",
+           "plain dict state", "edit state in place", "reset step"]
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1))])
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])
+@settings(max_examples=15)
+@given(events=st.lists(st.sampled_from(_EVENTS), min_size=3, max_size=12))
+def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, events):
+    """Steps that find nothing changed skip the per-param checks and the gather of param values;
+    whatever a user does between steps (edit or rebind a param, replace, delete or reset
+    state, take a grad away) must still land exactly as in torch."""
+    ours, theirs = _params(), _params()
+    a = getattr(torch_gd, name)(ours, fused=fused, **kw)
+    b = getattr(torch.optim, name)(theirs, foreach=False, **kw)
+    key = "momentum_buffer" if name == "SGD" else "exp_avg"
+    for i, event in enumerate(["step", "step"] + events):
+        _grads(ours, i), _grads(theirs, i)
+        for o, ps in ((a, ours), (b, theirs)):
+            if not o.state:
+                continue
+            if event == "no grad":
+                ps[1].grad = None
+            elif event == "edit param":
+                with torch.no_grad():
+                    ps[2].mul_(0.5)
+            elif event == "rebind param":
+                ps[3].data = ps[3].detach() + 1.0
+            elif event == "replace state":
+                o.state[ps[0]][key] = torch.full_like(ps[0], 0.25)
+            elif event == "delete state":
+                del o.state[ps[4]]
+            elif event == "plain dict state":
+                o.state[ps[5]] = {k: v.clone() for k, v in o.state[ps[5]].items()}
+            elif event == "edit state in place":
+                o.state[ps[0]][key].add_(1.0)
+            elif event == "reset step" and "step" in o.state[ps[2]]:
+                o.state[ps[2]]["step"] = torch.tensor(1.0, device=o.state[ps[2]]["step"].device)
+        a.step(), b.step()
+        tol = dict(rtol=1.3e-6, atol=1e-6) if fused else dict(rtol=0, atol=0)
+        assert_params_close(ours, theirs, **tol)
+        assert_state_close(a, b, **tol)

@@ -13,38 +13,60 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-_MUTATORS = ("__setitem__", "__delitem__", "__ior__", "clear", "pop", "popitem", "setdefault", "update")
+class _Counting(dict):
+    """dict's mutators, each bumping ``self._owner.version`` first (written out, not
+    generated, so that dynamo can trace them when a compiled training step calls ``step``)."""
+
+    __slots__ = ()
+    _owner: Any
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._owner.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._owner.version += 1
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> Any:
+        self._owner.version += 1
+        return super().__ior__(other)
+
+    def clear(self) -> None:
+        self._owner.version += 1
+        super().clear()
+
+    def pop(self, *args: Any) -> Any:
+        self._owner.version += 1
+        return super().pop(*args)
+
+    def popitem(self) -> Any:
+        self._owner.version += 1
+        return super().popitem()
+
+    def setdefault(self, *args: Any) -> Any:
+        self._owner.version += 1
+        return super().setdefault(*args)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._owner.version += 1
+        super().update(*args, **kwargs)
 
 
-def _counting(cls: type) -> type:
-    """Make each of dict's mutators bump ``self._owner.version`` before it runs."""
-    for name in _MUTATORS:
-        if name in cls.__dict__:
-            continue
-        def method(self: Any, *args: Any, _base: Any = getattr(dict, name), **kwargs: Any) -> Any:
-            self._owner.version += 1
-            return _base(self, *args, **kwargs)
-        method.__name__ = name
-        setattr(cls, name, method)
-    return cls
-
-
-@_counting
-class ParamState(dict):
+class ParamState(_Counting):
     """One param's state (torch's plain dict), reporting changes to its owner."""
 
     __slots__ = ("_owner",)
 
     def __init__(self, owner: "State", *args: Any, **kwargs: Any) -> None:
         self._owner = owner
-        dict.update(self, *args, **kwargs)
+        dict.update(self, *args, **kwargs)  # not a change: the dict is being built
 
     def __reduce__(self) -> tuple:
         return dict, (dict(self),)
 
 
-@_counting
-class State(defaultdict):
+class State(_Counting, defaultdict):
     """``optimizer.state``: torch's ``defaultdict(dict)`` whose changes, and its values'
     changes, bump ``version``."""
 

@@ -91,6 +91,12 @@ class Optimizer(torch.optim.Optimizer):
             raise
         self._engine.invalidate()
 
+    def state_dict(self) -> dict[str, Any]:
+        state_dict = super().state_dict()
+        # Plain dicts, as torch's: torch.load(weights_only=True) refuses other classes.
+        state_dict["state"] = {k: dict(v) if isinstance(v, dict) else v for k, v in state_dict["state"].items()}
+        return state_dict
+
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "check_finite": self.check_finite}
 
@@ -157,17 +163,14 @@ class Optimizer(torch.optim.Optimizer):
         torch updates a param listed twice in a group twice (and its paths disagree on the
         result); we update each distinct param once.
         """
-        params: list[Tensor] = []
-        grads: list[Tensor] = []
-        seen: set[int] = set()
-        sparse = False
-        for p in group["params"]:
-            g = p.grad
-            if g is not None and id(p) not in seen:
-                seen.add(id(p))
-                sparse = sparse or g.is_sparse
-                params.append(p)
-                grads.append(g)
+        params: list[Tensor] = group["params"]
+        grads = [p.grad for p in params]
+        if len(set(map(id, params))) != len(params) or any(g is None for g in grads):
+            seen: set[int] = set()
+            kept = [(p, g) for p, g in zip(params, grads)
+                    if g is not None and id(p) not in seen and not seen.add(id(p))]
+            params, grads = [p for p, _ in kept], [g for _, g in kept]
+        sparse = any(g.is_sparse for g in grads)
         error = self._sparse_error(group) if sparse else None
         if error is not None:
             raise RuntimeError(error)
