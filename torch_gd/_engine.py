@@ -446,7 +446,8 @@ class Engine:
                     st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     spec.init(k, real_view(st[k]), work.group)
             if spec.uses_step:
-                if st["step"] is not self._step_seen.get(id(p)):
+                seen = self._step_seen.get(id(p))
+                if seen is not None and st["step"] is not seen:
                     self.counts.pop(id(p), None)  # replaced by the user: read it again
                 count = 0 if fresh else self._count(p, st)
                 steps = st["step"]
