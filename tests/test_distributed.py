@@ -66,11 +66,13 @@ def _worker(rank: int, world: int, port: int, name: str, mode: str, out: str) ->
         full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in module.parameters()]
         if rank == 0:
             torch.save([p.detach() for p in full], out)
-        # Both ranks done with every collective before teardown: gloo aborts a process whose
-        # worker threads are still busy when the group is destroyed (seen once under load).
-        dist.barrier()
+        dist.barrier()  # both ranks done with every collective before teardown
     finally:
         dist.destroy_process_group()
+    # Skip interpreter finalization: gloo's worker threads may still hold tensors then, and
+    # releasing them at exit aborts the process ("terminate called without an active
+    # exception", pytorch#179291), which happened here about once per full test run.
+    os._exit(0)
 
 
 def _free_port() -> int:
