@@ -29,11 +29,10 @@ BACKEND = "inductor"
 
 _LOW = (torch.float16, torch.bfloat16)
 # The size kernels are first compiled at, which Inductor takes as the size hint its CPU code is
-# tuned for. At 2 the kernel has no OpenMP region: one thread. Compiled at 65536 it has one, and
-# ran on 2 threads when compiled in the same process (25.6M-element Adam step 16.6 ms, torch's
-# fused 15.5) but at ~1.2 threads and 23-28 ms when loaded from Inductor's on-disk cache, the
-# usual case; the serial kernel takes 17-19 ms either way.
-_WARM_NUMEL = 2
+# tuned for: compiled at 2 elements a kernel has no OpenMP region and runs on one thread (a
+# 25.6M-element Adam step 17-19 ms here); compiled at 65536 it runs on every core (14.6-17.6 ms;
+# torch's fused kernel 15.5 ms).
+_WARM_NUMEL = 1 << 16
 
 
 def _apply(
