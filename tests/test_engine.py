@@ -184,3 +184,19 @@ def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, 
         tol = dict(rtol=1.3e-6, atol=1e-6) if fused else dict(rtol=0, atol=0)
         assert_params_close(ours, theirs, **tol)
         assert_state_close(a, b, **tol)
+
+
+def test_params_reordered_in_their_group_keep_their_own_grads():
+    """The steady-state path picks each bucket's grads by position: a group whose params list
+    is reordered in place must not hand one param another's grad."""
+    ours, theirs = _params(), _params()
+    a = torch_gd.SGD(ours, lr=0.1, momentum=0.9)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, foreach=False)
+    for step in range(4):
+        if step == 2:
+            for o in (a, b):
+                ps = o.param_groups[0]["params"]
+                ps[1], ps[2] = ps[2], ps[1]
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)

@@ -312,8 +312,7 @@ class Engine:
         last step: the same params, all with grads, the state as we left it, each bucket's
         params at one step count. Gathers the buckets' grads (before anything is updated)."""
         if (plan.version is None or not isinstance(state, State) or state.untracked
-                or state.version != plan.version or params[0] is not plan.params[0]
-                or params[-1] is not plan.params[-1]):
+                or state.version != plan.version or not all(map(operator.is_, params, plan.params))):
             return None
         taken = []
         for b in plan.buckets:
