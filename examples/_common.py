@@ -1,11 +1,32 @@
-"""Pieces the example scripts share: the generated spiral data set and saving a figure."""
+"""Pieces the example scripts share: their command line, the generated spiral data set, and
+saving a figure (or saying why not)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 
 import torch
+
+
+def arguments(doc: str, png: str, smoke: str) -> argparse.ArgumentParser:
+    """A parser with the flags every example has: ``--smoke`` (described by ``smoke``) and
+    ``--out`` (default ``output/<png>`` beside the examples); the caller adds its own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help=f"{smoke}, for CI")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / png)
+    return parser
+
+
+def can_plot(out: Path) -> bool:
+    """Whether matplotlib is installed; if not, say which plot is skipped."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"matplotlib is not installed: skipped the plot ({out})")
+        return False
+    return True
 
 
 def spiral(n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,6 @@ largest parameter difference, and saves examples/output/drop_in.png when matplot
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torchvision
 
 import torch_gd
+from _common import arguments, can_plot, save
 
 
 def batches(steps: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -43,12 +43,25 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, data) -> tuple[lis
     return losses, step_time / len(data)
 
 
+def plot(torch_losses: list[float], gd_losses: list[float], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = range(1, len(torch_losses) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, torch_losses, lw=3, alpha=0.5, label="torch.optim.SGD")
+    ax.plot(steps, gd_losses, "k--", lw=1, label="torch_gd.SGD")
+    ax.set(xlabel="step", ylabel="training loss", title="ResNet-18, same data: the curves coincide")
+    ax.legend()
+    save(fig, out)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, "drop_in.png", "3 steps")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--smoke", action="store_true", help="3 steps, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / "drop_in.png")
     args = parser.parse_args()
     steps = 3 if args.smoke else args.steps
 
@@ -69,23 +82,8 @@ def main() -> None:
     print(f"mean optimizer step: torch.optim {torch_time * 1e3:.2f} ms, torch_gd {gd_time * 1e3:.2f} ms "
           "(one run, not a benchmark: see benchmarks/)")
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: skipped the plot (pip install 'torch_gd[plot]')")
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, steps + 1), torch_losses, lw=3, alpha=0.5, label="torch.optim.SGD")
-    ax.plot(range(1, steps + 1), gd_losses, "k--", lw=1, label="torch_gd.SGD")
-    ax.set(xlabel="step", ylabel="training loss", title="ResNet-18, same data: the curves coincide")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"saved {args.out}")
+    if can_plot(args.out):
+        plot(torch_losses, gd_losses, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ about as much as a 32-sample one, so mini-batches reach a low loss long before t
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_gd
-from _common import save, spiral
+from _common import arguments, can_plot, save, spiral
 
 SAMPLES, HIDDEN = 8192, 128
 # batch size -> (name, lr), each lr tuned by hand: full batch at 1.0 already made the loss go up,
@@ -97,10 +96,8 @@ def plot(logs: dict[int, dict[str, list[float]]], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, "gd_variants.png", "1 s per variant")
     parser.add_argument("--seconds", type=float, default=10.0, help="training time per variant")
-    parser.add_argument("--smoke", action="store_true", help="1 s per variant, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / "gd_variants.png")
     args = parser.parse_args()
     budget = 1.0 if args.smoke else args.seconds
     # With several threads, small ops stall whenever another process holds a core, and the
@@ -118,12 +115,8 @@ def main() -> None:
               f"{log['loss'][-1]:>11.4f} {log['accuracy'][-1]:>9.1%}")
     print(f"gd_variants: each variant trained for {budget:g} s of updates (one run: timings vary)")
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print(f"matplotlib is not installed: skipped the plot ({args.out})")
-        return
-    plot(logs, args.out)
+    if can_plot(args.out):
+        plot(logs, args.out)
 
 
 if __name__ == "__main__":

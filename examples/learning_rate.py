@@ -20,7 +20,6 @@ floor. The right panel shows each run's lr per step.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_gd
-from _common import save
+from _common import arguments, can_plot, save
 from torch_gd.lr_scheduler import WarmupCosineLR
 
 SAMPLES, FEATURES, BATCH = 4096, 20, 32
@@ -109,10 +108,8 @@ def plot(results: dict[str, tuple[list[float], list[float]]], best: float, two_o
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, "learning_rate.png", "300 steps per run")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--smoke", action="store_true", help="300 steps per run, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / "learning_rate.png")
     args = parser.parse_args()
     steps = 300 if args.smoke else args.steps
 
@@ -129,12 +126,8 @@ def main() -> None:
         print(f"{label:30} {max(lrs):>8.4f} {losses[-1] - best:>17.3e}  {verdict(losses, best, steps)}"
               + (f" after {len(losses) - 1} steps" if len(losses) <= steps else ""))
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print(f"matplotlib is not installed: skipped the plot ({args.out})")
-        return
-    plot(results, best, two_over_l, steps, args.out)
+    if can_plot(args.out):
+        plot(results, best, two_over_l, steps, args.out)
 
 
 if __name__ == "__main__":

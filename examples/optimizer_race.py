@@ -21,7 +21,6 @@ distance to (1, 1) and final MLP loss.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_gd
-from _common import save, spiral
+from _common import arguments, can_plot, save, spiral
 
 START, MINIMUM = (-1.5, 2.0), (1.0, 1.0)
 Factory = Callable[[list[torch.Tensor], float], torch.optim.Optimizer]
@@ -118,10 +117,8 @@ def plot(paths: dict[str, torch.Tensor], curves: dict[str, list[tuple[int, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, "optimizer_race.png", "300 steps")
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--smoke", action="store_true", help="300 steps, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / "optimizer_race.png")
     args = parser.parse_args()
     steps = 300 if args.smoke else args.steps
 
@@ -134,12 +131,8 @@ def main() -> None:
         distance = (paths[name][-1] - torch.tensor(MINIMUM, dtype=torch.float64)).norm().item()
         print(f"{name:20} {lr_rosen:>13g} {distance:>19.4f} {lr_mlp:>7g} {curves[name][-1][1]:>15.4f}")
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print(f"matplotlib is not installed: skipped the plot ({args.out})")
-        return
-    plot(paths, curves, args.out)
+    if can_plot(args.out):
+        plot(paths, curves, args.out)
 
 
 if __name__ == "__main__":

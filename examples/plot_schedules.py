@@ -11,7 +11,6 @@ saves examples/output/schedules.png when matplotlib is installed.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,8 @@ import torch
 from torch.optim import lr_scheduler as torch_sched
 
 from torch_gd import lr_scheduler as gd_sched
+
+from _common import arguments, can_plot
 
 BASE_LR = 0.1
 
@@ -150,21 +151,15 @@ def plot(data: dict[str, dict[str, list[float]]], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = arguments(__doc__, "schedules.png", "150 steps")
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--smoke", action="store_true", help="150 steps, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / "schedules.png")
     args = parser.parse_args()
     steps = 150 if args.smoke else args.steps
 
     data = curves(steps)
     summarize(data)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print(f"matplotlib is not installed: skipped the plot ({args.out})")
-        return
-    plot(data, args.out)
+    if can_plot(args.out):
+        plot(data, args.out)
 
 
 if __name__ == "__main__":
