@@ -105,9 +105,25 @@ def addcmul_(x: Tensor, y: Tensor, z: Tensor, a: Scalar) -> Tensor:
 
 def add_ratio_(x: Tensor, num: Tensor, den: Tensor, a: Scalar) -> Tensor:
     """``x ← x + a·num/den`` in place; ``den`` is a temporary and may be overwritten."""
+    if torch.compiler.is_compiling():
+        return x.add_(num * a / den)
     if isinstance(a, Tensor):
         return x.addcdiv_(num, den.div_(a))
     return x.addcdiv_(num, den, value=a)
+
+
+def lerp_(x: Tensor, y: Tensor, w: Scalar) -> Tensor:
+    """``x ← x + w·(y − x)`` in place."""
+    if torch.compiler.is_compiling():
+        return x.add_((y - x) * w)
+    return x.lerp_(y, w)
+
+
+def div_(x: Tensor, d: Scalar) -> Tensor:
+    """``x ← x / d`` in place."""
+    if torch.compiler.is_compiling():
+        return x.mul_(1 / d)
+    return x.div_(d)
 
 
 def maximum_(acc: Tensor, x: Tensor) -> Tensor:

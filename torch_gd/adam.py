@@ -11,6 +11,8 @@ from ._engine import Spec
 from ._ops import (
     Scalar,
     add_ratio_,
+    div_,
+    lerp_,
     addcmul_,
     bias_correction,
     complement,
@@ -61,11 +63,11 @@ def adam(
     if decoupled and enabled(weight_decay):
         p.mul_(1 - lr * weight_decay)
     g = l2_gradient(g, p, 0 if decoupled else weight_decay, maximize, out=scratch)
-    m.lerp_(g, complement(beta1, m))
+    lerp_(m, g, complement(beta1, m))
     addcmul_(v.mul_(beta2), g, g, 1 - beta2)
     if amsgrad:
         v = maximum_(max_exp_avg_sq, v)
-    denom = sqrt(v, out=scratch).div_(bias_correction2_sqrt).add_(eps)
+    denom = div_(sqrt(v, out=scratch), bias_correction2_sqrt).add_(eps)
     add_ratio_(p, m, denom, -step_size)
 
 

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec
-from ._ops import Scalar, add_ratio_, addcmul_, complement, l2_gradient, sub_scaled_
+from ._ops import Scalar, add_ratio_, addcmul_, complement, l2_gradient, lerp_, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -45,7 +45,7 @@ def rmsprop(
     g = l2_gradient(g, p, weight_decay, maximize, out=scratch)
     addcmul_(v.mul_(alpha), g, g, complement(alpha, v))
     if centered:
-        grad_avg.lerp_(g, complement(alpha, grad_avg))
+        lerp_(grad_avg, g, complement(alpha, grad_avg))
         sigma = v.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
     else:
         sigma = v.sqrt()
