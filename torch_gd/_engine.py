@@ -27,6 +27,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from . import _checks, _fused, _ops
 from ._ops import real_view
+from ._fused import storage_order
 from ._state import State
 
 try:
@@ -112,6 +113,25 @@ class _Plan:
     take_loose: Callable[[list], Any]
     # ``state.version`` after the last step that saw every param's state, else None.
     version: Optional[int] = None
+    # For fused groups, the per-tensor params' kernel calls prepared once (``_Direct``), in
+    # ``take_loose`` order, and the step count they share; None where that cannot be done.
+    direct: Optional[list["_Direct"]] = None
+    direct_count: Optional[int] = None
+
+
+@dataclass(eq=False)
+class _Direct:
+    """A large param's fused update prepared once: 1-D views of it and its state in storage
+    order, its step counter, and what a step checks to know they still describe it."""
+
+    address: int
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    contiguous: bool
+    p: Tensor
+    states: dict[str, Tensor]
+    step: Tensor
 
 
 @dataclass
@@ -131,6 +151,7 @@ class _Work:
     plan: _Plan
     whole: bool
     complete: bool  # every param of the group has a grad this step
+    direct: bool = False  # the loose params run through ``plan.direct``
 
 
 def _segment_view(flat: Tensor, p: Tensor, offset: int) -> Tensor:
@@ -173,6 +194,7 @@ class Engine:
         self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._scratch_views: dict[int, Tensor] = {}
         self._steps: dict[int, Tensor] = {}
+        self._private_counts: dict[int, int] = {}
         # The ``step`` tensor each per-tensor param had when we last counted it.
         self._step_seen: dict[int, Tensor] = {}
 
@@ -283,8 +305,10 @@ class Engine:
             plan = self._plan(gi, group, keys, on_device, state)
             split = self._split(plan, params, grads, keys, state)
         packed, loose = split
-        for p, g in loose:
-            _checks.grad_like_param(p, g)
+        direct = whole and plan.direct is not None and _still_direct(plan.direct, loose)
+        if not direct:
+            for p, g in loose:
+                _checks.grad_like_param(p, g)
         kw = {k: _f64(v) for k, v in hyper.items()}
         kw.update(first=False, scratch=None)
         fused = None
@@ -293,7 +317,7 @@ class Engine:
             kinds = {(_real_dtype(b.dtype), b.pflat.device) for b in packed}
             kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
             fused.warm(keys, kinds, scalar_dtype())
-        return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete)
+        return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct)
 
     def execute(self, work: _Work, state: dict) -> None:
         for b, items in work.packed.items():
@@ -301,11 +325,56 @@ class Engine:
                 self._run_whole(b, work)
             else:
                 self._run_bucket(b, items, work, state)
-        for p, g in work.loose:
-            self._run_one(p, g, work, state)
+        if work.direct:
+            self._run_direct(work)
+        else:
+            for p, g in work.loose:
+                self._run_one(p, g, work, state)
         # A step that saw every param's state leaves the plan valid until the state changes.
         tracked = isinstance(state, State) and not state.untracked and work.complete
         work.plan.version = state.version if tracked else None
+        if tracked and work.fused is not None and not work.direct:
+            self._prepare_direct(work.plan, work.keys, state)
+
+    def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict) -> None:
+        """After a fused step that saw every param, prepare the per-tensor params' kernel calls,
+        so that steady steps skip every per-param lookup, view and check but the grad's."""
+        plan.direct = plan.direct_count = None
+        entries, counts = [], set()
+        for p in plan.take_loose(plan.params):
+            if _is_dtensor(p) or p.is_complex() or p.is_meta or is_fake(p):
+                return
+            st = state.get(p, _EMPTY)
+            flat = storage_order(p)
+            tensors = {k: st.get(k) for k in keys}
+            if flat is None or any(t is None or t.stride() != p.stride() for t in tensors.values()):
+                return
+            if self.spec.uses_step:
+                step = st.get("step")
+                counts.add(self.counts.get(id(p)))
+            else:
+                step = self._steps.get(id(p))
+                counts.add(self._private_counts.get(id(p)))
+            if step is None:
+                return
+            states = {k: storage_order(t) for k, t in tensors.items()}
+            entries.append(_Direct(p.data_ptr(), p.stride(), p.dtype, p.device, p.is_contiguous(), flat, states, step))
+        if not entries or len(counts) > 1 or None in counts:
+            return
+        plan.direct = entries
+        plan.direct_count = counts.pop()
+
+    def _run_direct(self, work: _Work) -> None:
+        """The per-tensor params of a steady fused step: one kernel call each, from views
+        prepared by ``_prepare_direct``, and one op advancing every step counter."""
+        plan, entries = work.plan, work.plan.direct
+        torch._foreach_add_([e.step for e in entries], 1)
+        count = plan.direct_count + 1
+        for e, (_, g) in zip(entries, work.loose):
+            work.fused(e.p, g.view(-1) if e.contiguous else storage_order(g), e.states, e.step, count)
+        counts = self.counts if self.spec.uses_step else self._private_counts
+        counts.update(dict.fromkeys(map(id, plan.take_loose(plan.params)), count))
+        plan.direct_count = count
 
     def _steady(self, plan: _Plan, params: list[Tensor], grads: list[Tensor], state: dict):
         """The packed/loose split without per-param checks, when nothing has changed since the
@@ -494,11 +563,13 @@ class Engine:
         return view
 
     def _private_step(self, p: Tensor, fresh: bool) -> Tensor:
-        """A fused rule without torch's ``step`` still counts applied steps on the device."""
+        """A fused rule without torch's ``step`` still counts applied steps on the device (and
+        on the host, for sharing a step's scalars between params)."""
         step = self._steps.get(id(p))
         if step is None or fresh:
             step = torch.full((), 0 if fresh else 1, dtype=scalar_dtype(), device=p.device)
             self._steps[id(p)] = step
+        self._private_counts[id(p)] = 1 if fresh else self._private_counts.get(id(p), 1) + 1
         return step.add_(1)
 
     def _fresh(self, st: dict, keys: tuple[str, ...]) -> bool:
@@ -572,6 +643,16 @@ def _gather(b: _Bucket, tensors: Any, views: list[Tensor], which: int) -> None:
         torch.cat(tensors[run[0]:run[1]], out=run[which])
     if b.rest:
         torch._foreach_copy_([views[i] for i in b.rest], [tensors[i] for i in b.rest])
+
+
+def _still_direct(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]]) -> bool:
+    """Whether the prepared calls still describe these params (not rebound by ``p.data = ...``)
+    and their grads (the param's dtype, device and layout)."""
+    for e, (p, g) in zip(entries, loose):
+        if (p.data_ptr() != e.address or p.stride() != e.stride or g.stride() != e.stride
+                or g.dtype is not e.dtype or g.device != e.device):
+            return False
+    return True
 
 
 _version = operator.attrgetter("_version")

@@ -203,6 +203,9 @@ class Call:
         self.grad_scale, self.found_inf = grad_scale, found_inf
         self._scalars: dict[torch.device, dict[str, Tensor]] = {}
         self._per_count: dict[tuple, dict[str, Tensor]] = {}
+        self._kernels: dict[tuple, _Kernel] = {}
+        self._amps: dict[torch.device, tuple[Optional[Tensor], Optional[Tensor]]] = {}
+        self._traced = self.statics if self.uses_first else {**self.statics, "first": False}
 
     def scalars(self, device: torch.device) -> dict[str, Tensor]:
         found = self._scalars.get(device)
@@ -214,9 +217,6 @@ class Call:
             }
             self._scalars[device] = found
         return found
-
-    def _statics(self) -> dict[str, Any]:
-        return self.statics if self.uses_first else {**self.statics, "first": False}
 
     def _dynamic(self, scalars: dict[str, Tensor], step: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
         """The per-run numbers: the step's coefficients (float64, cast once to the compute
@@ -235,21 +235,29 @@ class Call:
         return scalars
 
     def _amp(self, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return move(self.grad_scale), move(self.found_inf)
+        found = self._amps.get(device)
+        if found is None:
+            move = lambda t: None if t is None else t.to(device)  # noqa: E731
+            found = self._amps[device] = (move(self.grad_scale), move(self.found_inf))
+        return found
+
+    def _kernel(self, dtype: torch.dtype, device: torch.device) -> "_Kernel":
+        found = self._kernels.get((dtype, device))
+        if found is None:
+            found = self._kernels[(dtype, device)] = kernel(self.rule, self._traced, dtype, device)
+        return found
 
     def warm(self, keys: tuple[str, ...], kinds: set, step_dtype: torch.dtype) -> None:
         """Compile every kernel this step needs on dummies before anything is
         updated: a missing compiler fails here, with nothing half-applied."""
         for dtype, device in kinds:
-            key = _key(self.rule, self._statics(), dtype, device)
+            key = _key(self.rule, self._traced, dtype, device)
             if key in _WARM:
                 continue
             make = lambda: torch.zeros(_WARM_NUMEL, dtype=dtype, device=device)  # noqa: E731
             scalars = self._dynamic(self.scalars(device), torch.ones((), dtype=step_dtype, device=device), dtype)
             try:
-                kernel(self.rule, self._statics(), dtype, device)(
-                    make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
+                self._kernel(dtype, device)(make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
             except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same advice
                 raise compiler_error(exc) from exc
             _WARM.add(key)
@@ -268,9 +276,9 @@ class Call:
                 self._per_count[key] = scalars
         grad_scale, found_inf = self._amp(p.device)
         if p.numel() < 2:
-            _apply(self.rule, self._statics(), p, g, states, scalars, grad_scale, found_inf)
+            _apply(self.rule, self._traced, p, g, states, scalars, grad_scale, found_inf)
         else:
-            kernel(self.rule, self._statics(), p.dtype, p.device)(p, g, states, scalars, grad_scale, found_inf)
+            self._kernel(p.dtype, p.device)(p, g, states, scalars, grad_scale, found_inf)
         if found_inf is not None:
             steps.sub_(found_inf)
 
