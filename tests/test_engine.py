@@ -142,8 +142,8 @@ def test_momentum_toggled_by_a_group_edit_follows_torch():
         assert_params_close(ours, theirs, rtol=0, atol=0)
 
 
-_EVENTS = ["step", "step", "step", "no grad", "edit param", "rebind param", "replace state", "delete state",
-           "plain dict state", "edit state in place", "reset step"]
+_EVENTS = ["step", "step", "step", "no grad", "edit param", "edit param data", "rebind param", "swap param data",
+           "replace state", "delete state", "plain dict state", "edit state in place", "reset step"]
 
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1))])
@@ -151,10 +151,12 @@ _EVENTS = ["step", "step", "step", "no grad", "edit param", "rebind param", "rep
 @settings(max_examples=15)
 @given(events=st.lists(st.sampled_from(_EVENTS), min_size=3, max_size=12))
 def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, events):
-    """Steps that find nothing changed skip the per-param checks and the gather of param values;
-    whatever a user does between steps (edit or rebind a param, replace, delete or reset
-    state, take a grad away) must still land exactly as in torch."""
-    ours, theirs = _params(), _params()
+    """Steps that find nothing changed skip the per-param checks (and for fused groups reuse
+    the large params' prepared kernel calls); whatever a user does between steps (edit a param,
+    also through ``p.data``, rebind or swap params' data, replace, delete or reset state, take a
+    grad away) must still land exactly as in torch. The last param is large (per-tensor path)."""
+    big = torch.randn(_engine.PACK_MAX_NUMEL + 1, generator=torch.Generator().manual_seed(1))
+    ours, theirs = ([*_params(), torch.nn.Parameter(big.clone())] for _ in range(2))
     a = getattr(torch_gd, name)(ours, fused=fused, **kw)
     b = getattr(torch.optim, name)(theirs, foreach=False, **kw)
     key = "momentum_buffer" if name == "SGD" else "exp_avg"
@@ -168,8 +170,14 @@ def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, 
             elif event == "edit param":
                 with torch.no_grad():
                     ps[2].mul_(0.5)
+            elif event == "edit param data":  # leaves the version counter as it was
+                ps[2].data.clamp_(-0.5, 0.5)
+                ps[6].data.clamp_(-0.5, 0.5)
             elif event == "rebind param":
                 ps[3].data = ps[3].detach() + 1.0
+                ps[6].data = ps[6].detach() - 1.0
+            elif event == "swap param data":
+                ps[3].data, ps[4].data = ps[4].data, ps[3].data
             elif event == "replace state":
                 o.state[ps[0]][key] = torch.full_like(ps[0], 0.25)
             elif event == "delete state":

@@ -93,11 +93,6 @@ class _Bucket:
     ids: list[int]
     # The step count every param has when all stepped together last time, else None.
     uniform: Optional[int] = None
-    # Each param's version counter and address right after we last wrote it: while they
-    # hold, ``pflat`` still has the params' values and needs no gather.
-    versions: Optional[list[int]] = None
-    addresses: Optional[list[int]] = None
-    has_data: bool = True  # False for meta and fake tensors, which have no addresses
     # Picks this bucket's entries out of the group's per-param list (set by the plan).
     take: Callable[[list], Any] = tuple
 
@@ -267,10 +262,8 @@ class Engine:
         probes = [v[keys[0]] for v in views] if keys else step_views
         offsets.append(total)
         cat_runs, rest = _cat_runs(params, offsets, gflat, pflat)
-        bucket = _Bucket(params, offsets, flat, views, steps, step_views, pflat, gflat,
-                         segment(pflat), segment(gflat), like.dtype, probes, cat_runs, rest, [id(p) for p in params])
-        bucket.has_data = not (like.is_meta or is_fake(like))
-        return bucket
+        return _Bucket(params, offsets, flat, views, steps, step_views, pflat, gflat,
+                       segment(pflat), segment(gflat), like.dtype, probes, cat_runs, rest, [id(p) for p in params])
 
     # ---------------------------------------------------------------- running
 
@@ -395,18 +388,14 @@ class Engine:
         return {b: [] for b, _ in taken}, list(zip(plan.take_loose(params), plan.take_loose(grads)))
 
     def _run_whole(self, b: _Bucket, work: _Work) -> None:
-        """Every param of ``b`` at one step count, grads gathered: one run of the rule."""
-        if b.versions is None or list(map(_version, b.params)) != b.versions:
-            _gather(b, b.params, b.pviews, 3)
-        elif list(map(Tensor.data_ptr, b.params)) != b.addresses:
-            _gather(b, b.params, b.pviews, 3)  # rebound (p.data = ...) with a colliding version
+        """Every param of ``b`` at one step count, grads gathered: one run of the rule.
+
+        Param values are gathered every step: an edit through ``p.data`` (weight clipping,
+        ``p.data.clamp_()``) leaves no trace in the version counter."""
+        _gather(b, b.params, b.pviews, 3)
         count = b.uniform
         self._run_range(b, 0, len(b.params), False, count, work)
         torch._foreach_copy_(b.params, b.pviews)
-        if b.has_data:
-            b.versions = list(map(_version, b.params))
-            if b.addresses is None:
-                b.addresses = list(map(Tensor.data_ptr, b.params))
         if self.spec.uses_step:
             self.counts.update(dict.fromkeys(b.ids, count + 1))
             b.uniform = count + 1
@@ -462,7 +451,6 @@ class Engine:
             for lo, hi in _runs(members):
                 self._run_range(b, lo, hi, fresh, count, work)
         torch._foreach_copy_([p for _, p, _, _ in items], [b.pviews[i] for i in idx])
-        b.versions = b.addresses = None
         everyone = len(items) == len(b.params) and len(classes) == 1
         b.uniform = (next(iter(classes))[1] + 1 if spec.uses_step else 0) if everyone else None
         for i, p, _, fresh in items:
@@ -653,9 +641,6 @@ def _still_direct(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]]) ->
                 or g.dtype is not e.dtype or g.device != e.device):
             return False
     return True
-
-
-_version = operator.attrgetter("_version")
 
 
 def _picker(positions: list[int]) -> Callable[[list], Any]:
