@@ -28,6 +28,7 @@ from torch._subclasses.fake_tensor import is_fake
 from . import _checks, _fused, _ops
 from ._ops import real_view
 from ._fused import storage_order
+from ._scatter import Scatter
 from ._state import State
 
 try:
@@ -38,6 +39,11 @@ except ImportError:  # a torch built without distributed has no DTensor params e
 # A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU)
 # than the three extra passes packing makes over it (~0.4 ns per element here).
 PACK_MAX_NUMEL = 1 << 15
+# Param values pass through a bucket's param buffer this many elements at a time: gathered,
+# updated and written back while they are still in cache (1 MB of fp32 against 1 MB of L2 per
+# core and 32 MB of L3 here), so a packed step streams each param from memory about once, and
+# the buffer costs a chunk rather than a copy of the params.
+CHUNK_NUMEL = 1 << 18
 
 
 @dataclass
@@ -78,23 +84,37 @@ class _Bucket:
     views: list[dict[str, Tensor]]
     steps: Optional[Tensor]
     step_views: list[Optional[Tensor]]  # torch's 0-dim ``step`` per param, views of ``steps``
-    pflat: Tensor
     gflat: Tensor
-    pviews: list[Tensor]
     gviews: list[Tensor]
+    pbuf: Tensor  # one chunk of param values (``_Chunk``)
+    pviews: list[Tensor]  # each param's segment of pbuf, in its chunk
     dtype: torch.dtype
     # Per param, the tensor that must still be ``state[p][probe]`` if nobody replaced it.
     probes: list[Optional[Tensor]]
-    # Runs [lo, hi) of contiguous params sharing their trailing shape, with N-D views of gflat
-    # and pflat they concatenate into in one op (a copy per tensor costs ~1 µs on the CPU);
-    # the other params are gathered with per-tensor copies.
-    cat_runs: list[tuple[int, int, Tensor, Tensor]]
-    rest: list[int]
+    # How the grads concatenate into gflat (``_cat_runs``).
+    grad_runs: list[tuple[int, int, Tensor]]
+    grad_rest: list[int]
+    chunks: list["_Chunk"]
     ids: list[int]
     # The step count every param has when all stepped together last time, else None.
     uniform: Optional[int] = None
     # Picks this bucket's entries out of the group's per-param list (set by the plan).
     take: Callable[[list], Any] = tuple
+    # Fused CPU buckets copy param values through their addresses (``Scatter``; None: not built
+    # yet, False: the params do not allow it).
+    scatter: Any = None
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """Bucket params ``[lo, hi)``, whose values share the param buffer, starting at element
+    ``start`` of the flat buffers, and how they concatenate into it (``_cat_runs``)."""
+
+    lo: int
+    hi: int
+    start: int
+    runs: list[tuple[int, int, Tensor]]
+    rest: list[int]
 
 
 @dataclass
@@ -236,9 +256,9 @@ class Engine:
             offsets.append(total)
             total += p.numel()
         like = params[0]
-        make = lambda: torch.zeros(total, dtype=like.dtype, device=like.device)  # noqa: E731
+        make = lambda n=total: torch.zeros(n, dtype=like.dtype, device=like.device)  # noqa: E731
         flat = {k: make() for k in keys}
-        pflat, gflat = make(), make()
+        gflat = make()
         steps, step_views = None, [None] * len(params)
         if counted:
             steps = torch.zeros(len(params), dtype=scalar_dtype(), device=like.device if on_device else "cpu")
@@ -261,9 +281,19 @@ class Engine:
                 st["step"] = step_views[i]
         probes = [v[keys[0]] for v in views] if keys else step_views
         offsets.append(total)
-        cat_runs, rest = _cat_runs(params, offsets, gflat, pflat)
-        return _Bucket(params, offsets, flat, views, steps, step_views, pflat, gflat,
-                       segment(pflat), segment(gflat), like.dtype, probes, cat_runs, rest, [id(p) for p in params])
+        bounds, lo = [], 0
+        while lo < len(params):
+            hi = lo + 1
+            while hi < len(params) and offsets[hi + 1] - offsets[lo] <= CHUNK_NUMEL:
+                hi += 1
+            bounds.append((lo, hi))
+            lo = hi
+        pbuf = make(max(offsets[hi] - offsets[lo] for lo, hi in bounds))
+        pviews = [_segment_view(pbuf, params[i], offsets[i] - offsets[lo]) for lo, hi in bounds for i in range(lo, hi)]
+        chunks = [_Chunk(lo, hi, offsets[lo], *_cat_runs(params, offsets, lo, hi, pbuf, offsets[lo])) for lo, hi in bounds]
+        return _Bucket(params, offsets, flat, views, steps, step_views, gflat, segment(gflat), pbuf, pviews,
+                       like.dtype, probes, *_cat_runs(params, offsets, 0, len(params), gflat, 0), chunks,
+                       [id(p) for p in params])
 
     # ---------------------------------------------------------------- running
 
@@ -307,7 +337,7 @@ class Engine:
         fused = None
         if group.get("fused"):
             fused = _fused.Call(self.spec, kw, *amp)
-            kinds = {(_real_dtype(b.dtype), b.pflat.device) for b in packed}
+            kinds = {(_real_dtype(b.dtype), b.pbuf.device) for b in packed}
             kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
             fused.warm(keys, kinds, scalar_dtype())
         return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct)
@@ -379,12 +409,11 @@ class Engine:
         taken = []
         for b in plan.buckets:
             gs = b.take(grads)
-            dtype = b.dtype
-            if b.uniform is None or any(g.dtype is not dtype or g.is_sparse for g in gs):
+            if b.uniform is None or set(map(_kind, gs)) != {(b.dtype, torch.strided)}:
                 return None
             taken.append((b, gs))
         for b, gs in taken:
-            _gather(b, gs, b.gviews, 2)
+            _gather(gs, b.grad_runs, b.grad_rest, b.gviews)
         return {b: [] for b, _ in taken}, list(zip(plan.take_loose(params), plan.take_loose(grads)))
 
     def _run_whole(self, b: _Bucket, work: _Work) -> None:
@@ -392,10 +421,11 @@ class Engine:
 
         Param values are gathered every step: an edit through ``p.data`` (weight clipping,
         ``p.data.clamp_()``) leaves no trace in the version counter."""
-        _gather(b, b.params, b.pviews, 3)
         count = b.uniform
-        self._run_range(b, 0, len(b.params), False, count, work)
-        torch._foreach_copy_(b.params, b.pviews)
+        direct = _direct_copies(b) if work.fused is not None else None
+        self._run_range(b, 0, len(b.params), False, count, work, direct)
+        if direct is not None:
+            direct.bump()
         if self.spec.uses_step:
             self.counts.update(dict.fromkeys(b.ids, count + 1))
             b.uniform = count + 1
@@ -439,9 +469,7 @@ class Engine:
 
     def _run_bucket(self, b: _Bucket, items, work: _Work, state) -> None:
         spec, keys, kw = self.spec, work.keys, work.kw
-        idx = [i for i, _, _, _ in items]
-        torch._foreach_copy_([b.gviews[i] for i in idx], [g for _, _, g, _ in items])
-        torch._foreach_copy_([b.pviews[i] for i in idx], [p for _, p, _, _ in items])
+        torch._foreach_copy_([b.gviews[i] for i, _, _, _ in items], [g for _, _, g, _ in items])
         # Params that share a step count and freshness share one run of rule calls.
         classes: dict[Hashable, list[int]] = defaultdict(list)
         for i, p, _, fresh in items:
@@ -450,7 +478,6 @@ class Engine:
         for (fresh, count), members in classes.items():
             for lo, hi in _runs(members):
                 self._run_range(b, lo, hi, fresh, count, work)
-        torch._foreach_copy_([p for _, p, _, _ in items], [b.pviews[i] for i in idx])
         everyone = len(items) == len(b.params) and len(classes) == 1
         b.uniform = (next(iter(classes))[1] + 1 if spec.uses_step else 0) if everyone else None
         for i, p, _, fresh in items:
@@ -463,8 +490,30 @@ class Engine:
             if spec.uses_step:
                 self.counts[id(p)] = (0 if fresh else self.counts.get(id(p), 0)) + 1
 
-    def _run_range(self, b: _Bucket, lo: int, hi: int, fresh: bool, count: int, work: _Work) -> None:
-        """The rule over bucket params ``[lo, hi)``, which share freshness and step count."""
+    def _run_range(self, b: _Bucket, lo: int, hi: int, fresh: bool, count: int, work: _Work,
+                   direct: Optional[Scatter] = None) -> None:
+        """The rule over bucket params ``[lo, hi)``, which share freshness and step count and
+        have their grads gathered, a chunk at a time: param values in, update, values out
+        (through ``direct`` when given: its addresses were checked this step)."""
+        for c in b.chunks:
+            clo, chi = max(lo, c.lo), min(hi, c.hi)
+            if clo >= chi:
+                continue
+            whole = (clo, chi) == (c.lo, c.hi)
+            if direct is not None:
+                direct.gather(b.pbuf, clo, chi)
+            elif whole:
+                _gather(b.params, c.runs, c.rest, b.pviews)
+            else:
+                torch._foreach_copy_(b.pviews[clo:chi], b.params[clo:chi])
+            self._run_piece(b, c, clo, chi, fresh, count, work)
+            if direct is not None:
+                direct.scatter(b.pbuf, clo, chi)
+            else:
+                torch._foreach_copy_(b.params[clo:chi], b.pviews[clo:chi])
+
+    def _run_piece(self, b: _Bucket, c: _Chunk, lo: int, hi: int, fresh: bool, count: int, work: _Work) -> None:
+        """The rule over params ``[lo, hi)`` of chunk ``c``, their values in the param buffer."""
         spec, keys, kw = self.spec, work.keys, work.kw
         a, z = b.offsets[lo], b.offsets[hi]
         tensors = [real_view(b.flat[k][a:z]) for k in keys]
@@ -478,7 +527,7 @@ class Engine:
             if spec.uses_step:
                 kw["step"] = b.step_views[lo] if work.on_device else count + 1
         g = real_view(b.gflat[a:z])
-        p = real_view(b.pflat[a:z])
+        p = real_view(b.pbuf[a - c.start:z - c.start])
         if work.fused is not None:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
                        count + 1 if spec.uses_step else None)
@@ -608,29 +657,43 @@ def _catable(p: Tensor) -> bool:
     return p.dim() > 0 and p.is_contiguous()
 
 
-def _cat_runs(params: list[Tensor], offsets: list[int], gflat: Tensor, pflat: Tensor):
-    """Runs of contiguous params with one trailing shape (``_pack`` put them first and
-    together), as N-D views of the flat buffers ``torch.cat`` can write into; and the rest."""
-    runs: list[tuple[int, int, Tensor, Tensor]] = []
-    lo = 0
-    while lo < len(params) and _catable(params[lo]):
+def _cat_runs(params: list[Tensor], offsets: list[int], lo: int, end: int, buf: Tensor, base: int):
+    """Among params ``[lo, end)``, the runs of contiguous params with one trailing shape
+    (``_pack`` put them first and together) as N-D views of ``buf`` (which holds element
+    ``base`` onwards) that one ``torch.cat`` writes into — a copy per tensor costs ~1 µs on the
+    CPU —; and the indices of the other params, copied one by one."""
+    runs: list[tuple[int, int, Tensor]] = []
+    while lo < end and _catable(params[lo]):
         trailing = params[lo].shape[1:]
         hi = lo + 1
-        while hi < len(params) and _catable(params[hi]) and params[hi].shape[1:] == trailing:
+        while hi < end and _catable(params[hi]) and params[hi].shape[1:] == trailing:
             hi += 1
-        a, z = offsets[lo], offsets[hi]
-        runs.append((lo, hi, gflat[a:z].view(-1, *trailing), pflat[a:z].view(-1, *trailing)))
+        runs.append((lo, hi, buf[offsets[lo] - base:offsets[hi] - base].view(-1, *trailing)))
         lo = hi
-    return runs, list(range(lo, len(params)))
+    return runs, list(range(lo, end))
 
 
-def _gather(b: _Bucket, tensors: Any, views: list[Tensor], which: int) -> None:
-    """Copy ``tensors`` (one per bucket param, in bucket order) into the flat buffer whose
-    per-param views are ``views`` and whose cat views sit at ``which`` in ``b.cat_runs``."""
-    for run in b.cat_runs:
-        torch.cat(tensors[run[0]:run[1]], out=run[which])
-    if b.rest:
-        torch._foreach_copy_([views[i] for i in b.rest], [tensors[i] for i in b.rest])
+def _gather(tensors: Any, runs: list[tuple[int, int, Tensor]], rest: list[int], views: list[Tensor]) -> None:
+    """Copy ``tensors`` (one per bucket param, in bucket order) into a buffer: the ``runs``
+    by concatenation, the ``rest`` into their ``views``."""
+    for lo, hi, out in runs:
+        torch.cat(tensors[lo:hi], out=out)
+    if rest:
+        torch._foreach_copy_([views[i] for i in rest], [tensors[i] for i in rest])
+
+
+_kind = operator.attrgetter("dtype", "layout")
+
+
+def _direct_copies(b: _Bucket) -> Optional[Scatter]:
+    """The bucket's copies through param addresses, (re)built when the params moved; None
+    where they cannot be used."""
+    if b.scatter is False:
+        return None
+    if b.scatter is None or not b.scatter.valid():
+        built = Scatter(b.params, b.offsets, b.pbuf.element_size()) if Scatter.fits(b.params) else None
+        b.scatter = built if built is not None and built.compiled else False
+    return b.scatter or None
 
 
 def _still_direct(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]]) -> bool:

@@ -8,6 +8,14 @@ compute the scalar in the op's accumulation type exactly as torch.optim does; te
 Out-of-place ops take an optional ``out``: the engine hands each rule a scratch tensor to write
 its temporaries into, because allocating a fresh param-sized tensor per op costs more than the
 op itself on the CPU (page faults on every step). ``out`` may alias an input.
+
+Traced for a fused kernel (``torch.compiler.is_compiling()``), a few ops take another form of
+the same maths: Inductor evaluates every op of the graph per element, a vector divide costs
+about ten multiplies, and ``lerp`` lowers to both of its branches and a select. Adam's kernel
+did three divides per element (√v / √(1 − β₂ᵗ), then by −η_t, then m by that) and ran 2.7×
+slower than torch's fused kernel on tensors that fit in cache; with one divide it runs within
+1.4×. Eagerly the ops stay torch's own, so the eager paths stay bitwise equal to torch's
+for-loop; compiled code rounds differently anyway (an ulp or two, as torch's fused kernels do).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ format, packing, paths — is shared here and in ``_engine``.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Optional
 
 import torch
@@ -17,6 +18,10 @@ from torch.optim.optimizer import _use_grad_for_differentiable
 from . import _checks
 from ._engine import Engine, Spec, scalar_dtype
 from ._state import State
+
+
+_grad = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -164,13 +169,13 @@ class Optimizer(torch.optim.Optimizer):
         result); we update each distinct param once.
         """
         params: list[Tensor] = group["params"]
-        grads = [p.grad for p in params]
+        grads = list(map(_grad, params))
         if len(set(map(id, params))) != len(params) or any(g is None for g in grads):
             seen: set[int] = set()
             kept = [(p, g) for p, g in zip(params, grads)
                     if g is not None and id(p) not in seen and not seen.add(id(p))]
             params, grads = [p for p, _ in kept], [g for _, g in kept]
-        sparse = any(g.is_sparse for g in grads)
+        sparse = any(map(_is_sparse, grads))
         error = self._sparse_error(group) if sparse else None
         if error is not None:
             raise RuntimeError(error)
