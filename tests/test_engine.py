@@ -208,3 +208,58 @@ def test_params_reordered_in_their_group_keep_their_own_grads():
         _grads(ours, step), _grads(theirs, step)
         a.step(), b.step()
         assert_params_close(ours, theirs, rtol=0, atol=0)
+
+
+def _mixed(n=40, seed=0):
+    """Small params of varied sizes and ranks, the last one transposed (not contiguous)."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(1 + (7 * i) % 23,) if i % 3 else (1 + i % 5, 3) for i in range(n - 1)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    params.append(torch.nn.Parameter(torch.randn(3, 4, generator=gen).t()))
+    return params
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "with-transposed"])
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])
+def test_chunked_buckets_and_address_copies_follow_torch(fused, contiguous, monkeypatch):
+    """A bucket's param values pass through its buffer a chunk at a time (here 6-7 chunks), and
+    fused CPU buckets copy them through the params' addresses; rebinding a param, editing it
+    through ``.data`` and taking a grad away between steps land as in torch, and each step bumps
+    the params' version counters as ``copy_`` would."""
+    monkeypatch.setattr(_engine, "CHUNK_NUMEL", 64)
+    ours, theirs = _mixed(), _mixed()
+    if contiguous:
+        ours, theirs = ours[:-1], theirs[:-1]
+    a = torch_gd.Adam(ours, lr=0.05, fused=fused)
+    b = torch.optim.Adam(theirs, lr=0.05, foreach=False)
+    for step in range(7):
+        _grads(ours, step), _grads(theirs, step)
+        for ps in (ours, theirs):
+            if step == 3:
+                ps[5].data = ps[5].detach() * 2.0
+            elif step == 4:
+                ps[7].data.mul_(0.5)
+            elif step == 5:
+                ps[9].grad = None
+        versions = [p._version for p in ours]
+        a.step(), b.step()
+        tol = dict(rtol=1.3e-6, atol=1e-6) if fused else dict(rtol=0, atol=0)
+        assert_params_close(ours, theirs, **tol)
+        assert_state_close(a, b, **tol)
+        assert all(p._version > v for p, v, q in zip(ours, versions, ours) if q.grad is not None)
+    bucket = a._engine._plans[0].buckets[0]
+    assert len(bucket.chunks) >= 5
+    uses_addresses = fused and contiguous
+    assert (bucket.scatter is not None and bucket.scatter is not False) == uses_addresses
+
+
+def test_without_a_compiler_for_the_copy_loop_buckets_copy_per_tensor(monkeypatch):
+    monkeypatch.setattr(torch_gd._scatter, "_compiled", lambda: None)
+    ours, theirs = _mixed()[:-1], _mixed()[:-1]
+    a = torch_gd.SGD(ours, lr=0.1, momentum=0.9, fused=True)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, foreach=False)
+    for step in range(3):
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=1.3e-6, atol=1e-6)
+    assert a._engine._plans[0].buckets[0].scatter is False
