@@ -14,6 +14,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
+import torch_gd
+
 from .registry import CASES
 
 cases = pytest.mark.parametrize("case", CASES, ids=repr)
@@ -179,6 +181,33 @@ def test_a_grad_of_another_dtype_is_refused_before_anything_moves(case, numel):
     with pytest.raises(RuntimeError, match="float64"):
         opt.step()
     assert torch.equal(good.detach(), torch.ones(3)) and torch.equal(bad.detach(), torch.ones(numel))
+
+
+def _refuses_a_grad_of_another_shape(make, numel):
+    good, bad = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(numel))
+    opt = make([{"params": [good]}, {"params": [bad]}])
+    for _ in range(2):  # into the steady state, where per-param checks are skipped
+        good.grad, bad.grad = torch.ones(3), torch.ones(numel)
+        opt.step()
+    before = [good.detach().clone(), bad.detach().clone()]
+    good.grad, bad.grad = torch.ones(3), torch.ones(numel)
+    bad.grad.data = torch.ones(numel - 1)  # what autograd's own check lets through
+    with pytest.raises(RuntimeError, match="has a grad of shape"):
+        opt.step()
+    assert torch.equal(good.detach(), before[0]) and torch.equal(bad.detach(), before[1])
+
+
+@cases
+@pytest.mark.parametrize("numel", [3, 40000], ids=["packed", "per-tensor"])
+def test_a_grad_of_another_shape_is_refused_before_anything_moves(case, numel):
+    """torch's loops broadcast such a grad or crash half-way; the check also guards the
+    steady-state paths, which gather grads chunk by chunk while updating."""
+    _refuses_a_grad_of_another_shape(lambda groups: case.ours(groups, **case.typical), numel)
+
+
+@pytest.mark.parametrize("numel", [3, 40000], ids=["packed", "per-tensor"])
+def test_a_grad_of_another_shape_is_refused_before_anything_moves_fused(numel):
+    _refuses_a_grad_of_another_shape(lambda groups: torch_gd.Adam(groups, fused=True), numel)
 
 
 @cases

@@ -132,13 +132,19 @@ def finite_grads(groups: list[dict], collected: list[tuple[list[Tensor], list[Te
 
 
 def grad_like_param(p: Tensor, g: Tensor) -> None:
-    """A grad must have its param's dtype and device (autograd insists, but ``p.grad.data = x``
-    gets past it; torch's optimizers then crash mid-step or silently promote)."""
+    """A grad must have its param's dtype, device and shape (autograd insists, but
+    ``p.grad.data = x`` gets past it; torch's optimizers then crash mid-step, silently promote
+    or broadcast)."""
     if g.dtype != p.dtype or g.device != p.device:
         raise RuntimeError(
             f"a param of shape {tuple(p.shape)} ({p.dtype} on {p.device}) has a grad of {g.dtype} on "
             f"{g.device}; grads must match their param's dtype and device (p.grad = p.grad.to(p)); "
             "nothing was updated"
+        )
+    if g.shape != p.shape:
+        raise RuntimeError(
+            f"a param of shape {tuple(p.shape)} has a grad of shape {tuple(g.shape)}; grads must have "
+            "their param's shape; nothing was updated"
         )
 
 

@@ -84,16 +84,18 @@ class _Bucket:
     views: list[dict[str, Tensor]]
     steps: Optional[Tensor]
     step_views: list[Optional[Tensor]]  # torch's 0-dim ``step`` per param, views of ``steps``
-    gflat: Tensor
-    gviews: list[Tensor]
-    pbuf: Tensor  # one chunk of param values (``_Chunk``)
-    pviews: list[Tensor]  # each param's segment of pbuf, in its chunk
+    # One chunk (``_Chunk``) of grads and of param values, and each param's segment of them,
+    # made when first needed (``_views``): a view costs ~0.9 KB, and steady steps use none but
+    # those of params ``torch.cat`` cannot take.
+    gbuf: Tensor
+    gviews: list[Optional[Tensor]]
+    pbuf: Tensor
+    pviews: list[Optional[Tensor]]
+    starts: list[int]  # where each param's chunk starts in the flat state
     dtype: torch.dtype
     # Per param, the tensor that must still be ``state[p][probe]`` if nobody replaced it.
     probes: list[Optional[Tensor]]
-    # How the grads concatenate into gflat (``_cat_runs``).
-    grad_runs: list[tuple[int, int, Tensor]]
-    grad_rest: list[int]
+    shapes: list[torch.Size]
     chunks: list["_Chunk"]
     ids: list[int]
     # The step count every param has when all stepped together last time, else None.
@@ -107,14 +109,17 @@ class _Bucket:
 
 @dataclass(eq=False)
 class _Chunk:
-    """Bucket params ``[lo, hi)``, whose values share the param buffer, starting at element
-    ``start`` of the flat buffers, and how they concatenate into it (``_cat_runs``)."""
+    """Bucket params ``[lo, hi)``, whose grads and values share the grad and param buffers,
+    starting at element ``start`` of the flat state, and how they concatenate into them
+    (``_cat_runs``)."""
 
     lo: int
     hi: int
     start: int
     runs: list[tuple[int, int, Tensor]]
     rest: list[int]
+    grad_runs: list[tuple[int, int, Tensor]]
+    grad_rest: list[int]
 
 
 @dataclass
@@ -140,6 +145,7 @@ class _Direct:
     order, its step counter, and what a step checks to know they still describe it."""
 
     address: int
+    shape: torch.Size
     stride: tuple[int, ...]
     dtype: torch.dtype
     device: torch.device
@@ -154,7 +160,7 @@ class _Work:
     """One group's step, planned by ``Engine.prepare`` and applied by ``Engine.execute``.
 
     ``packed`` maps a bucket to its (index, param, grad, fresh) items, or for a whole bucket in
-    the steady state (``whole``) to nothing: its grads are already gathered."""
+    the steady state (``whole``) to its grads, in bucket order, checked to be gatherable."""
 
     group: dict
     keys: tuple[str, ...]
@@ -258,11 +264,11 @@ class Engine:
         like = params[0]
         make = lambda n=total: torch.zeros(n, dtype=like.dtype, device=like.device)  # noqa: E731
         flat = {k: make() for k in keys}
-        gflat = make()
         steps, step_views = None, [None] * len(params)
         if counted:
             steps = torch.zeros(len(params), dtype=scalar_dtype(), device=like.device if on_device else "cpu")
-            step_views = list(steps.unbind())
+            if self.spec.uses_step:  # torch's per-param ``step``; a view costs ~0.9 KB
+                step_views = list(steps.unbind())
         segment = lambda buf: [_segment_view(buf, p, o) for p, o in zip(params, offsets)]  # noqa: E731
         per_key = {k: segment(flat[k]) for k in keys}
         views = [{k: per_key[k][i] for k in keys} for i in range(len(params))]
@@ -288,11 +294,13 @@ class Engine:
                 hi += 1
             bounds.append((lo, hi))
             lo = hi
-        pbuf = make(max(offsets[hi] - offsets[lo] for lo, hi in bounds))
-        pviews = [_segment_view(pbuf, params[i], offsets[i] - offsets[lo]) for lo, hi in bounds for i in range(lo, hi)]
-        chunks = [_Chunk(lo, hi, offsets[lo], *_cat_runs(params, offsets, lo, hi, pbuf, offsets[lo])) for lo, hi in bounds]
-        return _Bucket(params, offsets, flat, views, steps, step_views, gflat, segment(gflat), pbuf, pviews,
-                       like.dtype, probes, *_cat_runs(params, offsets, 0, len(params), gflat, 0), chunks,
+        size = max(offsets[hi] - offsets[lo] for lo, hi in bounds)
+        gbuf, pbuf = make(size), make(size)
+        chunks = [_Chunk(lo, hi, offsets[lo], *_cat_runs(params, offsets, lo, hi, pbuf, offsets[lo]),
+                         *_cat_runs(params, offsets, lo, hi, gbuf, offsets[lo])) for lo, hi in bounds]
+        starts = [offsets[lo] for lo, hi in bounds for _ in range(lo, hi)]
+        return _Bucket(params, offsets, flat, views, steps, step_views, gbuf, [None] * len(params), pbuf,
+                       [None] * len(params), starts, like.dtype, probes, [p.shape for p in params], chunks,
                        [id(p) for p in params])
 
     # ---------------------------------------------------------------- running
@@ -345,7 +353,7 @@ class Engine:
     def execute(self, work: _Work, state: dict) -> None:
         for b, items in work.packed.items():
             if work.whole:
-                self._run_whole(b, work)
+                self._run_whole(b, items, work)
             else:
                 self._run_bucket(b, items, work, state)
         if work.direct:
@@ -381,7 +389,8 @@ class Engine:
             if step is None:
                 return
             states = {k: storage_order(t) for k, t in tensors.items()}
-            entries.append(_Direct(p.data_ptr(), p.stride(), p.dtype, p.device, p.is_contiguous(), flat, states, step))
+            entries.append(_Direct(p.data_ptr(), p.shape, p.stride(), p.dtype, p.device, p.is_contiguous(), flat,
+                                   states, step))
         if not entries or len(counts) > 1 or None in counts:
             return
         plan.direct = entries
@@ -402,30 +411,32 @@ class Engine:
     def _steady(self, plan: _Plan, params: list[Tensor], grads: list[Tensor], state: dict):
         """The packed/loose split without per-param checks, when nothing has changed since the
         last step: the same params, all with grads, the state as we left it, each bucket's
-        params at one step count. Gathers the buckets' grads (before anything is updated)."""
+        params at one step count. The buckets' grads are checked here, before anything is
+        updated, to be what concatenating them chunk by chunk needs (dtype, layout, device and
+        shape), so that gathering them cannot fail half-way through a step."""
         if (plan.version is None or not isinstance(state, State) or state.untracked
                 or state.version != plan.version or not all(map(operator.is_, params, plan.params))):
             return None
-        taken = []
+        packed = {}
         for b in plan.buckets:
             gs = b.take(grads)
-            if b.uniform is None or set(map(_kind, gs)) != {(b.dtype, torch.strided)}:
+            if (b.uniform is None or set(map(_kind, gs)) != {(b.dtype, torch.strided, b.pbuf.device)}
+                    or list(map(_shape, gs)) != b.shapes):
                 return None
-            taken.append((b, gs))
-        for b, gs in taken:
-            _gather(gs, b.grad_runs, b.grad_rest, b.gviews)
-        return {b: [] for b, _ in taken}, list(zip(plan.take_loose(params), plan.take_loose(grads)))
+            packed[b] = gs
+        return packed, list(zip(plan.take_loose(params), plan.take_loose(grads)))
 
-    def _run_whole(self, b: _Bucket, work: _Work) -> None:
-        """Every param of ``b`` at one step count, grads gathered: one run of the rule.
+    def _run_whole(self, b: _Bucket, grads: Any, work: _Work) -> None:
+        """Every param of ``b`` at one step count, with ``grads`` in bucket order: one run of
+        the rule.
 
         Param values are gathered every step: an edit through ``p.data`` (weight clipping,
         ``p.data.clamp_()``) leaves no trace in the version counter."""
         count = b.uniform
         direct = _direct_copies(b) if work.fused is not None else None
-        self._run_range(b, 0, len(b.params), False, count, work, direct)
+        self._run_range(b, 0, len(b.params), False, count, work, grads, direct)
         if direct is not None:
-            direct.bump()
+            direct.bump(b.params)
         if self.spec.uses_step:
             self.counts.update(dict.fromkeys(b.ids, count + 1))
             b.uniform = count + 1
@@ -452,9 +463,9 @@ class Engine:
             if g.is_sparse:
                 self.sparse.add(id(p))
                 return None
-            if g.dtype is not b.dtype:
+            if g.dtype is not b.dtype or g.shape != b.shapes[i] or g.device != p.device:
                 _checks.grad_like_param(p, g)
-                return None  # the param changed dtype: re-pack
+                return None  # the param changed dtype or shape: re-pack
             fresh = False
             if stateful:
                 st = lookup(p, _EMPTY)
@@ -468,8 +479,11 @@ class Engine:
         return packed, loose
 
     def _run_bucket(self, b: _Bucket, items, work: _Work, state) -> None:
-        spec, keys, kw = self.spec, work.keys, work.kw
-        torch._foreach_copy_([b.gviews[i] for i, _, _, _ in items], [g for _, _, g, _ in items])
+        spec, keys = self.spec, work.keys
+        grads: list[Optional[Tensor]] = [None] * len(b.params)
+        for i, _, g, _ in items:
+            grads[i] = g
+        direct = _direct_copies(b) if work.fused is not None else None
         # Params that share a step count and freshness share one run of rule calls.
         classes: dict[Hashable, list[int]] = defaultdict(list)
         for i, p, _, fresh in items:
@@ -477,7 +491,9 @@ class Engine:
             classes[(fresh, count)].append(i)
         for (fresh, count), members in classes.items():
             for lo, hi in _runs(members):
-                self._run_range(b, lo, hi, fresh, count, work)
+                self._run_range(b, lo, hi, fresh, count, work, grads, direct)
+        if direct is not None:
+            direct.bump([p for _, p, _, _ in items])
         everyone = len(items) == len(b.params) and len(classes) == 1
         b.uniform = (next(iter(classes))[1] + 1 if spec.uses_step else 0) if everyone else None
         for i, p, _, fresh in items:
@@ -490,27 +506,33 @@ class Engine:
             if spec.uses_step:
                 self.counts[id(p)] = (0 if fresh else self.counts.get(id(p), 0)) + 1
 
-    def _run_range(self, b: _Bucket, lo: int, hi: int, fresh: bool, count: int, work: _Work,
+    def _run_range(self, b: _Bucket, lo: int, hi: int, fresh: bool, count: int, work: _Work, grads: Any,
                    direct: Optional[Scatter] = None) -> None:
-        """The rule over bucket params ``[lo, hi)``, which share freshness and step count and
-        have their grads gathered, a chunk at a time: param values in, update, values out
-        (through ``direct`` when given: its addresses were checked this step)."""
+        """The rule over bucket params ``[lo, hi)``, which share freshness and step count, a
+        chunk at a time: grads and param values in, update, values out (through ``direct`` when
+        given, for whole chunks: its addresses were checked this step). ``grads`` holds each
+        bucket param's grad by bucket index, checked for ``torch.cat`` (``_steady``, ``_split``)."""
         for c in b.chunks:
             clo, chi = max(lo, c.lo), min(hi, c.hi)
             if clo >= chi:
                 continue
             whole = (clo, chi) == (c.lo, c.hi)
-            if direct is not None:
-                direct.gather(b.pbuf, clo, chi)
+            direct_here = direct if whole else None
+            if whole:
+                _gather(grads, c.grad_runs, _views(b, "g", c.grad_rest), c.grad_rest)
+            else:
+                torch._foreach_copy_(_views(b, "g", range(clo, chi)), grads[clo:chi])
+            if direct_here is not None:
+                direct_here.gather(b.pbuf, clo, chi)
             elif whole:
-                _gather(b.params, c.runs, c.rest, b.pviews)
+                _gather(b.params, c.runs, _views(b, "p", c.rest), c.rest)
             else:
-                torch._foreach_copy_(b.pviews[clo:chi], b.params[clo:chi])
+                torch._foreach_copy_(_views(b, "p", range(clo, chi)), b.params[clo:chi])
             self._run_piece(b, c, clo, chi, fresh, count, work)
-            if direct is not None:
-                direct.scatter(b.pbuf, clo, chi)
+            if direct_here is not None:
+                direct_here.scatter(b.pbuf, clo, chi)
             else:
-                torch._foreach_copy_(b.params[clo:chi], b.pviews[clo:chi])
+                torch._foreach_copy_(b.params[clo:chi], _views(b, "p", range(clo, chi)))
 
     def _run_piece(self, b: _Bucket, c: _Chunk, lo: int, hi: int, fresh: bool, count: int, work: _Work) -> None:
         """The rule over params ``[lo, hi)`` of chunk ``c``, their values in the param buffer."""
@@ -526,7 +548,7 @@ class Engine:
             steps.fill_(1) if fresh else steps.add_(1)
             if spec.uses_step:
                 kw["step"] = b.step_views[lo] if work.on_device else count + 1
-        g = real_view(b.gflat[a:z])
+        g = real_view(b.gbuf[a - c.start:z - c.start])
         p = real_view(b.pbuf[a - c.start:z - c.start])
         if work.fused is not None:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
@@ -673,16 +695,33 @@ def _cat_runs(params: list[Tensor], offsets: list[int], lo: int, end: int, buf: 
     return runs, list(range(lo, end))
 
 
-def _gather(tensors: Any, runs: list[tuple[int, int, Tensor]], rest: list[int], views: list[Tensor]) -> None:
+def _gather(tensors: Any, runs: list[tuple[int, int, Tensor]], views: list[Tensor], rest: list[int]) -> None:
     """Copy ``tensors`` (one per bucket param, in bucket order) into a buffer: the ``runs``
-    by concatenation, the ``rest`` into their ``views``."""
+    by concatenation, the params at indices ``rest`` into their ``views``."""
     for lo, hi, out in runs:
         torch.cat(tensors[lo:hi], out=out)
     if rest:
-        torch._foreach_copy_([views[i] for i in rest], [tensors[i] for i in rest])
+        torch._foreach_copy_(views, [tensors[i] for i in rest])
 
 
-_kind = operator.attrgetter("dtype", "layout")
+def _views(b: _Bucket, which: str, indices: Any) -> list[Tensor]:
+    """Params' segments of the grad (``"g"``) or param (``"p"``) chunk buffer, made on first use."""
+    cache, buf = (b.gviews, b.gbuf) if which == "g" else (b.pviews, b.pbuf)
+    if torch.compiler.is_compiling():
+        # Views made while dynamo traces a step must not outlive the trace: as inputs of a later
+        # graph they would alias the buffer with a different ``_base`` than the buffer's own.
+        return [_segment_view(buf, b.params[i], b.offsets[i] - b.starts[i]) for i in indices]
+    out = []
+    for i in indices:
+        view = cache[i]
+        if view is None:
+            view = cache[i] = _segment_view(buf, b.params[i], b.offsets[i] - b.starts[i])
+        out.append(view)
+    return out
+
+
+_kind = operator.attrgetter("dtype", "layout", "device")
+_shape = operator.attrgetter("shape")
 
 
 def _direct_copies(b: _Bucket) -> Optional[Scatter]:
@@ -698,10 +737,10 @@ def _direct_copies(b: _Bucket) -> Optional[Scatter]:
 
 def _still_direct(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]]) -> bool:
     """Whether the prepared calls still describe these params (not rebound by ``p.data = ...``)
-    and their grads (the param's dtype, device and layout)."""
+    and their grads (the param's shape, dtype, device and layout)."""
     for e, (p, g) in zip(entries, loose):
         if (p.data_ptr() != e.address or p.stride() != e.stride or g.stride() != e.stride
-                or g.dtype is not e.dtype or g.device != e.device):
+                or g.shape != e.shape or g.dtype is not e.dtype or g.device != e.device):
             return False
     return True
 

@@ -96,6 +96,7 @@ class Scatter:
         """Params ``[begin, end)`` from ``buffer``; ``bump`` afterwards, once per step."""
         self._kernel(self._table, self._offsets, buffer, begin, end, 1)
 
-    def bump(self) -> None:
-        """Bump the params' version counters, as ``copy_`` into them would."""
-        increment_version(self.params)
+    @staticmethod
+    def bump(params: list[Tensor]) -> None:
+        """Bump the version counters of the params written, as ``copy_`` into them would."""
+        increment_version(params)
