@@ -263,3 +263,21 @@ def test_without_a_compiler_for_the_copy_loop_buckets_copy_per_tensor(monkeypatc
         a.step(), b.step()
         assert_params_close(ours, theirs, rtol=1.3e-6, atol=1e-6)
     assert a._engine._plans[0].buckets[0].scatter is False
+
+
+def test_adagrad_state_made_at_construction_is_already_packed():
+    """torch's Adagrad creates its state at construction; ours creates the packed params'
+    state in the flat buffer then, so that the first step has nothing to re-pack (made per param,
+    both copies would exist at once), and the run still follows torch."""
+    ours, theirs = _params(), _params()
+    a = torch_gd.Adagrad(ours, lr=0.1, initial_accumulator_value=0.5)
+    b = torch.optim.Adagrad(theirs, lr=0.1, initial_accumulator_value=0.5, foreach=False)
+    assert len({a.state[p]["sum"].untyped_storage().data_ptr() for p in ours}) == 1
+    assert_state_close(a, b, rtol=0, atol=0)
+    sums = [a.state[p]["sum"] for p in ours]
+    for step in range(3):
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
+        assert_state_close(a, b, rtol=0, atol=0)
+    assert all(a.state[p]["sum"] is s for p, s in zip(ours, sums))

@@ -247,6 +247,14 @@ class Engine:
         self._plans[gi] = plan
         return plan
 
+    def packed_state(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool,
+                     state: dict) -> dict[int, tuple[Tensor, Tensor]]:
+        """Plan group ``gi`` now and give, by ``id(param)``, the ``step`` and the state tensor of
+        each packed param (rules with ``step`` and one state key), views of the flat buffers, for
+        optimizers that create state at construction (Adagrad)."""
+        plan = self._plan(gi, group, keys, on_device, state)
+        return {id(p): (b.step_views[i], b.views[i][keys[0]]) for b in plan.buckets for i, p in enumerate(b.params)}
+
     def _pack(self, params: list[Tensor], keys: tuple[str, ...], on_device: bool, counted: bool, state: dict) -> _Bucket:
         """Allocate a bucket's flat buffers and move any existing state into them.
 

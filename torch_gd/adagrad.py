@@ -103,18 +103,24 @@ class Adagrad(Optimizer):
             "capturable": capturable,
         }
         super().__init__(params, defaults, check_finite=check_finite)
-        for group in self.param_groups:
-            self._init_state(group)
+        for gi, group in enumerate(self.param_groups):
+            self._init_state(gi, group)
 
-    def _init_state(self, group: dict[str, Any]) -> None:
+    def _init_state(self, gi: int, group: dict[str, Any]) -> None:
         """torch creates Adagrad's state at construction (params added later get theirs at their
         first step); the accumulator starts at the group's ``initial_accumulator_value``
-        (torch reads only the constructor's)."""
-        on_device = group["fused"] or group["capturable"]
+        (torch reads only the constructor's). Packed params get theirs straight in the engine's
+        flat buffers: made per param and packed at the first step, both copies would exist at
+        once (2000 params of 1000 elements: +21.7 MB peak against torch's +10 MB)."""
+        on_device = bool(group["fused"] or group["capturable"])
+        packed = self._engine.packed_state(gi, group, self._state_keys(group), on_device, self.state)
         for p in group["params"]:
             state = self.state[p]
-            state["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
-            state["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if id(p) in packed:
+                state["step"], state["sum"] = packed[id(p)]
+            else:
+                state["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
+                state["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             self._spec.init("sum", real_view(state["sum"]), group)
             self._engine.counts[id(p)] = 0  # known: no need to read the (device) step back
 
