@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional
 
 import torch
@@ -111,15 +111,13 @@ class _Bucket:
 class _Chunk:
     """Bucket params ``[lo, hi)``, whose grads and values share the grad and param buffers,
     starting at element ``start`` of the flat state, and how they concatenate into them
-    (``_cat_runs``)."""
+    (``_cat_runs``: ``runs`` hold a view of each buffer)."""
 
     lo: int
     hi: int
     start: int
-    runs: list[tuple[int, int, Tensor]]
+    runs: list[tuple[int, int, Tensor, Tensor]]
     rest: list[int]
-    grad_runs: list[tuple[int, int, Tensor]]
-    grad_rest: list[int]
 
 
 @dataclass
@@ -137,6 +135,7 @@ class _Plan:
     # ``take_loose`` order, and the step count they share; None where that cannot be done.
     direct: Optional[list["_Direct"]] = None
     direct_count: Optional[int] = None
+    direct_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -304,8 +303,7 @@ class Engine:
             lo = hi
         size = max(offsets[hi] - offsets[lo] for lo, hi in bounds)
         gbuf, pbuf = make(size), make(size)
-        chunks = [_Chunk(lo, hi, offsets[lo], *_cat_runs(params, offsets, lo, hi, pbuf, offsets[lo]),
-                         *_cat_runs(params, offsets, lo, hi, gbuf, offsets[lo])) for lo, hi in bounds]
+        chunks = [_Chunk(lo, hi, offsets[lo], *_cat_runs(params, offsets, lo, hi, gbuf, pbuf)) for lo, hi in bounds]
         starts = [offsets[lo] for lo, hi in bounds for _ in range(lo, hi)]
         return _Bucket(params, offsets, flat, views, steps, step_views, gbuf, [None] * len(params), pbuf,
                        [None] * len(params), starts, like.dtype, probes, [p.shape for p in params], chunks,
@@ -403,6 +401,7 @@ class Engine:
             return
         plan.direct = entries
         plan.direct_count = counts.pop()
+        plan.direct_ids = [id(p) for p in plan.take_loose(plan.params)]
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
@@ -413,7 +412,7 @@ class Engine:
         for e, (_, g) in zip(entries, work.loose):
             work.fused(e.p, g.view(-1) if e.contiguous else storage_order(g), e.states, e.step, count)
         counts = self.counts if self.spec.uses_step else self._private_counts
-        counts.update(dict.fromkeys(map(id, plan.take_loose(plan.params)), count))
+        counts.update(dict.fromkeys(plan.direct_ids, count))
         plan.direct_count = count
 
     def _steady(self, plan: _Plan, params: list[Tensor], grads: list[Tensor], state: dict):
@@ -527,13 +526,13 @@ class Engine:
             whole = (clo, chi) == (c.lo, c.hi)
             direct_here = direct if whole else None
             if whole:
-                _gather(grads, c.grad_runs, _views(b, "g", c.grad_rest), c.grad_rest)
+                _gather(grads, c, 2, _views(b, "g", c.rest))
             else:
                 torch._foreach_copy_(_views(b, "g", range(clo, chi)), grads[clo:chi])
             if direct_here is not None:
                 direct_here.gather(b.pbuf, clo, chi)
             elif whole:
-                _gather(b.params, c.runs, _views(b, "p", c.rest), c.rest)
+                _gather(b.params, c, 3, _views(b, "p", c.rest))
             else:
                 torch._foreach_copy_(_views(b, "p", range(clo, chi)), b.params[clo:chi])
             self._run_piece(b, c, clo, chi, fresh, count, work)
@@ -687,29 +686,32 @@ def _catable(p: Tensor) -> bool:
     return p.dim() > 0 and p.is_contiguous()
 
 
-def _cat_runs(params: list[Tensor], offsets: list[int], lo: int, end: int, buf: Tensor, base: int):
-    """Among params ``[lo, end)``, the runs of contiguous params with one trailing shape
-    (``_pack`` put them first and together) as N-D views of ``buf`` (which holds element
-    ``base`` onwards) that one ``torch.cat`` writes into — a copy per tensor costs ~1 µs on the
-    CPU —; and the indices of the other params, copied one by one."""
-    runs: list[tuple[int, int, Tensor]] = []
+def _cat_runs(params: list[Tensor], offsets: list[int], lo: int, end: int, gbuf: Tensor, pbuf: Tensor):
+    """Among the chunk's params ``[lo, end)``, the runs of contiguous params with one trailing
+    shape (``_pack`` put them first and together) as N-D views of the chunk buffers ``gbuf`` and
+    ``pbuf`` that one ``torch.cat`` writes into — a copy per tensor costs ~1 µs on the CPU —;
+    and the indices of the other params, copied one by one."""
+    runs: list[tuple[int, int, Tensor, Tensor]] = []
+    base = offsets[lo]
     while lo < end and _catable(params[lo]):
         trailing = params[lo].shape[1:]
         hi = lo + 1
         while hi < end and _catable(params[hi]) and params[hi].shape[1:] == trailing:
             hi += 1
-        runs.append((lo, hi, buf[offsets[lo] - base:offsets[hi] - base].view(-1, *trailing)))
+        a, z = offsets[lo] - base, offsets[hi] - base
+        runs.append((lo, hi, gbuf[a:z].view(-1, *trailing), pbuf[a:z].view(-1, *trailing)))
         lo = hi
     return runs, list(range(lo, end))
 
 
-def _gather(tensors: Any, runs: list[tuple[int, int, Tensor]], views: list[Tensor], rest: list[int]) -> None:
-    """Copy ``tensors`` (one per bucket param, in bucket order) into a buffer: the ``runs``
-    by concatenation, the params at indices ``rest`` into their ``views``."""
-    for lo, hi, out in runs:
-        torch.cat(tensors[lo:hi], out=out)
-    if rest:
-        torch._foreach_copy_(views, [tensors[i] for i in rest])
+def _gather(tensors: Any, c: _Chunk, which: int, views: list[Tensor]) -> None:
+    """Copy chunk ``c``'s share of ``tensors`` (one per bucket param, in bucket order) into a
+    chunk buffer: its runs by concatenation into their views at ``which`` (2: grads, 3: param
+    values), its other params into ``views``."""
+    for run in c.runs:
+        torch.cat(tensors[run[0]:run[1]], out=run[which])
+    if c.rest:
+        torch._foreach_copy_(views, [tensors[i] for i in c.rest])
 
 
 def _views(b: _Bucket, which: str, indices: Any) -> list[Tensor]:
