@@ -27,7 +27,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from . import _checks, _fused, _ops
 from ._ops import real_view
-from ._fused import storage_order
+from ._fused import Call, Prepared, storage_order
 from ._scatter import Scatter
 from ._state import State
 
@@ -136,6 +136,9 @@ class _Plan:
     direct: Optional[list["_Direct"]] = None
     direct_count: Optional[int] = None
     direct_ids: list[int] = field(default_factory=list)
+    direct_steps: list[Tensor] = field(default_factory=list)
+    # Their kernel calls prepared for the flags and numbers of the step that prepared them.
+    launch: Optional[Prepared] = None
 
 
 @dataclass(eq=False)
@@ -371,12 +374,12 @@ class Engine:
         tracked = isinstance(state, State) and not state.untracked and work.complete
         work.plan.version = state.version if tracked else None
         if tracked and work.fused is not None and not work.direct:
-            self._prepare_direct(work.plan, work.keys, state)
+            self._prepare_direct(work.plan, work.keys, state, work.fused)
 
-    def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict) -> None:
+    def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict, fused: Call) -> None:
         """After a fused step that saw every param, prepare the per-tensor params' kernel calls,
         so that steady steps skip every per-param lookup, view and check but the grad's."""
-        plan.direct = plan.direct_count = None
+        plan.direct = plan.direct_count = plan.launch = None
         entries, counts = [], set()
         for p in plan.take_loose(plan.params):
             if _is_dtensor(p) or p.is_complex() or p.is_meta or is_fake(p):
@@ -402,15 +405,21 @@ class Engine:
         plan.direct = entries
         plan.direct_count = counts.pop()
         plan.direct_ids = [id(p) for p in plan.take_loose(plan.params)]
+        plan.direct_steps = [e.step for e in entries]
+        plan.launch = fused.prepare([(e.p, e.states, e.step) for e in entries])
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
         prepared by ``_prepare_direct``, and one op advancing every step counter."""
         plan, entries = work.plan, work.plan.direct
-        torch._foreach_add_([e.step for e in entries], 1)
+        torch._foreach_add_(plan.direct_steps, 1)
         count = plan.direct_count + 1
-        for e, (_, g) in zip(entries, work.loose):
-            work.fused(e.p, g.view(-1) if e.contiguous else storage_order(g), e.states, e.step, count)
+        grads = [g.view(-1) if e.contiguous else storage_order(g) for e, (_, g) in zip(entries, work.loose)]
+        if plan.launch is not None and plan.launch.fits(work.fused):
+            plan.launch(work.fused, grads)
+        else:
+            for e, g in zip(entries, grads):
+                work.fused(e.p, g, e.states, e.step, count)
         counts = self.counts if self.spec.uses_step else self._private_counts
         counts.update(dict.fromkeys(plan.direct_ids, count))
         plan.direct_count = count

@@ -307,6 +307,32 @@ class Call:
                 raise compiler_error(exc) from exc
             _WARM.add(key)
 
+    def prepare(self, items: list[tuple[Tensor, dict[str, Tensor], Tensor]]) -> Optional["Prepared"]:
+        """Calls for these 1-D params, their states and step counters, prepared once for steps
+        with this call's flags and numbers (``Prepared``); None where a kernel has not been
+        called with this signature yet, or GradScaler takes part."""
+        if self.grad_scale is not None or self.found_inf is not None:
+            return None
+        boxes: dict[tuple, dict[str, Tensor]] = {}
+        calls = []
+        for p, states, step in items:
+            kind = (p.device, p.dtype)
+            if kind not in boxes:
+                boxes[kind] = {k: v.clone() for k, v in self._dynamic(self.scalars(p.device), step, p.dtype).items()}
+            box = boxes[kind]
+            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(box), True, True))
+            if hit is None:
+                return None
+            call, slots = hit
+            sources = {0: {None: p}, 1: {None: None}, 2: states, 3: box}
+            if any(slot is not None and slot[0] not in sources for slot in slots):
+                return None
+            inputs = [p.numel() if slot is None else sources[slot[0]][slot[1]] for slot in slots]
+            calls.append((call, inputs, slots.index((1, None)) if (1, None) in slots else None))
+        firsts = {kind: next(step for p, _, step in items if (p.device, p.dtype) == kind) for kind in boxes}
+        written = [t for p, states, _ in items for t in (p, *states.values())]
+        return Prepared(self._traced, tuple(self.numbers), boxes, firsts, calls, written)
+
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[int] = None) -> None:
         """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
         already advanced) are wound back where GradScaler found infs.
@@ -345,3 +371,36 @@ class Call:
         for dst, src in [(p, pc), *((states[k], sc[k]) for k in states)]:
             if dst.data_ptr() != src.data_ptr():
                 dst.copy_(src)
+
+
+class Prepared:
+    """The kernel calls of a fused group's large params, prepared once (``Call.prepare``) for
+    steady steps: each call's inputs in the kernel's order with only the grad to fill in, and
+    the step's numbers in 0-dim tensors that one copy per step refreshes. A steady step of
+    resnet50 makes 45 such calls; going through ``Call`` for each one cost ~40 µs of
+    bookkeeping between kernels once a step's traffic has evicted the objects it reads."""
+
+    def __init__(self, traced: dict[str, Any], numbers: tuple[str, ...], boxes: dict[tuple, dict[str, Tensor]],
+                 firsts: dict[tuple, Tensor], calls: list[tuple[Callable[[list], Any], list, Optional[int]]],
+                 written: list[Tensor]) -> None:
+        self.traced, self.numbers = traced, numbers
+        self.boxes, self.firsts = boxes, firsts
+        self.calls, self.written = calls, written
+
+    def fits(self, call: Call) -> bool:
+        """Whether ``call`` (this step's flags and numbers) runs the kernels prepared."""
+        return (call.grad_scale is None and call.found_inf is None and call._traced == self.traced
+                and tuple(call.numbers) == self.numbers)
+
+    def __call__(self, call: Call, grads: list[Tensor]) -> None:
+        """One step: ``grads`` are the params' grads as 1-D tensors, in order; the step
+        counters have been advanced."""
+        for kind, box in self.boxes.items():
+            fresh = call._dynamic(call.scalars(kind[0]), self.firsts[kind], kind[1])
+            torch._foreach_copy_(list(box.values()), [fresh[k] for k in box])
+        for (kernel, inputs, at), g in zip(self.calls, grads):
+            inputs = inputs.copy()
+            if at is not None:
+                inputs[at] = g
+            kernel(inputs)
+        increment_version(self.written)
