@@ -191,12 +191,56 @@ def test_kernels_are_called_directly_once_compiled():
                 for key, k in _fused._KERNELS.items():
                     saved[key] = k.compiled
                     k.compiled = lambda *a: pytest.fail("dynamo entered for a known signature")
+            versions = [p._version for p in params]
             opt.step()
             ref.step()
             assert_params_close(params, refs, **tol(torch.float32))
+            # In-place updates bump version counters, as AOT's wrapper (which we skip) does.
+            assert all(p._version > v for p, v in zip(params, versions))
+        # The calls are the generated modules' own ``call``, not AOT's runtime wrapper, and the
+        # large params' calls were prepared once.
+        called = [call for k in _fused._KERNELS.values() for call, _ in k.direct.values()]
+        assert called and all(getattr(c, "__name__", "") == "call" for c in called)
+        assert opt._engine._plans[0].launch is not None
     finally:
         for key, compiled in saved.items():
             _fused._KERNELS[key].compiled = compiled
+
+
+def test_prepared_calls_follow_changed_flags_and_numbers(monkeypatch):
+    """Steady steps run the large params' prepared calls; switching a term on (weight decay
+    from 0, which changes the kernel), changing lr and betas, or adding GradScaler's inputs
+    must leave them for the per-call path and stay exact."""
+    import torch_gd
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(_engine.PACK_MAX_NUMEL + 3,), (3, _engine.PACK_MAX_NUMEL // 2 + 1), (7,)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt, ref = torch_gd.Adam(params, fused=True), torch_gd.Adam(refs)
+    prepared_steps = []
+    run = _fused.Prepared.__call__
+    monkeypatch.setattr(_fused.Prepared, "__call__", lambda self, *a: (prepared_steps.append(step), run(self, *a)))
+    for step in range(8):
+        for p, q in zip(params, refs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        for o in (opt, ref):
+            group = o.param_groups[0]
+            group["lr"] = 1e-2 / (1 + step)
+            group["betas"] = (0.9 - 0.01 * step, 0.999)
+            group["weight_decay"] = 0.1 if step >= 4 else 0.0
+        if step == 5:
+            opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(0.0)
+        opt.step()
+        if step == 5:
+            del opt.grad_scale, opt.found_inf
+        ref.step()
+        assert_params_close(params, refs, **tol(torch.float32))
+        assert_state_close(opt, ref, **tol(torch.float32))
+    # Prepared after step 0; after the kernel changed at step 4, prepared again, dropped for
+    # GradScaler's step 5 and prepared again at step 6.
+    assert prepared_steps == [1, 2, 3, 7]
 
 
 @cases
@@ -257,6 +301,9 @@ def test_fused_params_whose_first_grad_comes_late(case):
         opt.step(), ref.step()
         assert_params_close(ours, theirs, **tol(torch.float32))
         assert_state_close(opt, ref, **tol(torch.float32))
+    # Prepared after step 0; after the kernel changed at step 4, prepared again, dropped for
+    # GradScaler's step 5 and prepared again at step 6.
+    assert prepared_steps == [1, 2, 3, 7]
 
 
 def test_gradscaler_refuses_a_non_fused_group_of_a_fused_optimizer():

@@ -420,6 +420,7 @@ class Engine:
         else:
             for e, g in zip(entries, grads):
                 work.fused(e.p, g, e.states, e.step, count)
+            plan.launch = work.fused.prepare([(e.p, e.states, e.step) for e in entries])
         counts = self.counts if self.spec.uses_step else self._private_counts
         counts.update(dict.fromkeys(plan.direct_ids, count))
         plan.direct_count = count
