@@ -105,6 +105,8 @@ class _Bucket:
     # Fused CPU buckets copy param values through their addresses (``Scatter``; None: not built
     # yet, False: the params do not allow it).
     scatter: Any = None
+    # What each param's grad must be, as the optimizer reads it: (dtype, layout, device, shape).
+    metas: tuple = ()
 
 
 @dataclass(eq=False)
@@ -310,7 +312,8 @@ class Engine:
         starts = [offsets[lo] for lo, hi in bounds for _ in range(lo, hi)]
         return _Bucket(params, offsets, flat, views, steps, step_views, gbuf, [None] * len(params), pbuf,
                        [None] * len(params), starts, like.dtype, probes, [p.shape for p in params], chunks,
-                       [id(p) for p in params])
+                       [id(p) for p in params],
+                       metas=tuple((like.dtype, torch.strided, pbuf.device, p.shape) for p in params))
 
     # ---------------------------------------------------------------- running
 
@@ -324,18 +327,20 @@ class Engine:
         hyper: dict[str, Any],
         state: dict,
         amp: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+        metas: Optional[list[tuple]] = None,
     ) -> _Work:
         """Plan one step of ``params`` (all with a grad, each listed once) without updating
         anything: re-pack if needed, and for fused groups compile the kernels it will use, so
         that a failure leaves every param and state as it was.
 
         ``step`` lives on the param's device for capturable and fused groups, as in torch.
-        ``amp`` is GradScaler's (grad_scale, found_inf), used by fused groups only.
+        ``amp`` is GradScaler's (grad_scale, found_inf), used by fused groups only. ``metas``
+        holds each grad's (dtype, layout, device, shape) when the caller has read them.
         """
         on_device = bool(group.get("capturable") or group.get("fused"))
         plan = self._plan(gi, group, keys, on_device, state)
         complete = len(params) == len(plan.params)
-        split = self._steady(plan, params, grads, state) if complete else None
+        split = self._steady(plan, params, grads, state, metas) if complete else None
         whole = split is not None
         if split is None:
             split = self._split(plan, params, grads, keys, state)
@@ -425,7 +430,8 @@ class Engine:
         counts.update(dict.fromkeys(plan.direct_ids, count))
         plan.direct_count = count
 
-    def _steady(self, plan: _Plan, params: list[Tensor], grads: list[Tensor], state: dict):
+    def _steady(self, plan: _Plan, params: list[Tensor], grads: list[Tensor], state: dict,
+                metas: Optional[list[tuple]] = None):
         """The packed/loose split without per-param checks, when nothing has changed since the
         last step: the same params, all with grads, the state as we left it, each bucket's
         params at one step count. The buckets' grads are checked here, before anything is
@@ -434,13 +440,13 @@ class Engine:
         if (plan.version is None or not isinstance(state, State) or state.untracked
                 or state.version != plan.version or not all(map(operator.is_, params, plan.params))):
             return None
+        if metas is None:
+            metas = list(map(_meta, grads))
         packed = {}
         for b in plan.buckets:
-            gs = b.take(grads)
-            if (b.uniform is None or set(map(_kind, gs)) != {(b.dtype, torch.strided, b.pbuf.device)}
-                    or list(map(_shape, gs)) != b.shapes):
+            if b.uniform is None or b.take(metas) != b.metas:
                 return None
-            packed[b] = gs
+            packed[b] = b.take(grads)
         return packed, list(zip(plan.take_loose(params), plan.take_loose(grads)))
 
     def _run_whole(self, b: _Bucket, grads: Any, work: _Work) -> None:
@@ -740,8 +746,7 @@ def _views(b: _Bucket, which: str, indices: Any) -> list[Tensor]:
     return out
 
 
-_kind = operator.attrgetter("dtype", "layout", "device")
-_shape = operator.attrgetter("shape")
+_meta = operator.attrgetter("dtype", "layout", "device", "shape")
 
 
 def _direct_copies(b: _Bucket) -> Optional[Scatter]:
