@@ -107,6 +107,8 @@ class _Bucket:
     scatter: Any = None
     # What each param's grad must be, as the optimizer reads it: (dtype, layout, device, shape).
     metas: tuple = ()
+    # For fused groups, the chunks' kernel calls prepared after a step of the whole bucket.
+    launch: Optional[Prepared] = None
 
 
 @dataclass(eq=False)
@@ -411,7 +413,7 @@ class Engine:
         plan.direct_count = counts.pop()
         plan.direct_ids = [id(p) for p in plan.take_loose(plan.params)]
         plan.direct_steps = [e.step for e in entries]
-        plan.launch = fused.prepare([(e.p, e.states, e.step) for e in entries])
+        plan.launch = fused.prepare([(e.p, None, e.states, e.step) for e in entries])
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
@@ -421,11 +423,11 @@ class Engine:
         count = plan.direct_count + 1
         grads = [g.view(-1) if e.contiguous else storage_order(g) for e, (_, g) in zip(entries, work.loose)]
         if plan.launch is not None and plan.launch.fits(work.fused):
-            plan.launch(work.fused, grads)
+            plan.launch(work.fused, grads, count)
         else:
             for e, g in zip(entries, grads):
                 work.fused(e.p, g, e.states, e.step, count)
-            plan.launch = work.fused.prepare([(e.p, e.states, e.step) for e in entries])
+            plan.launch = work.fused.prepare([(e.p, None, e.states, e.step) for e in entries])
         counts = self.counts if self.spec.uses_step else self._private_counts
         counts.update(dict.fromkeys(plan.direct_ids, count))
         plan.direct_count = count
@@ -451,13 +453,24 @@ class Engine:
 
     def _run_whole(self, b: _Bucket, grads: Any, work: _Work) -> None:
         """Every param of ``b`` at one step count, with ``grads`` in bucket order: one run of
-        the rule.
+        the rule, from calls prepared once where a fused group's kernels allow.
 
         Param values are gathered every step: an edit through ``p.data`` (weight clipping,
         ``p.data.clamp_()``) leaves no trace in the version counter."""
         count = b.uniform
         direct = _direct_copies(b) if work.fused is not None else None
-        self._run_range(b, 0, len(b.params), False, count, work, grads, direct)
+        launch = b.launch if work.fused is not None and b.launch is not None and b.launch.fits(work.fused) else None
+        if launch is not None:
+            b.steps.add_(1)
+            launch.refresh(work.fused, count + 1 if self.spec.uses_step else None)
+        self._run_range(b, 0, len(b.params), False, count, work, grads, direct, launch)
+        if launch is not None:
+            launch.bump()
+        elif work.fused is not None:
+            b.launch = work.fused.prepare([
+                (real_view(b.pbuf[:n]).view(-1), real_view(b.gbuf[:n]).view(-1),
+                 {k: real_view(b.flat[k][c.start:c.start + n]).view(-1) for k in work.keys}, b.steps[c.lo])
+                for c in b.chunks for n in (b.offsets[c.hi] - c.start,)])
         if direct is not None:
             direct.bump(b.params)
         if self.spec.uses_step:
@@ -530,12 +543,13 @@ class Engine:
                 self.counts[id(p)] = (0 if fresh else self.counts.get(id(p), 0)) + 1
 
     def _run_range(self, b: _Bucket, lo: int, hi: int, fresh: bool, count: int, work: _Work, grads: Any,
-                   direct: Optional[Scatter] = None) -> None:
+                   direct: Optional[Scatter] = None, launch: Optional[Prepared] = None) -> None:
         """The rule over bucket params ``[lo, hi)``, which share freshness and step count, a
         chunk at a time: grads and param values in, update, values out (through ``direct`` when
         given, for whole chunks: its addresses were checked this step). ``grads`` holds each
-        bucket param's grad by bucket index, checked for ``torch.cat`` (``_steady``, ``_split``)."""
-        for c in b.chunks:
+        bucket param's grad by bucket index, checked for ``torch.cat`` (``_steady``, ``_split``).
+        ``launch`` holds the chunks' calls, prepared for the whole bucket."""
+        for i, c in enumerate(b.chunks):
             clo, chi = max(lo, c.lo), min(hi, c.hi)
             if clo >= chi:
                 continue
@@ -551,7 +565,10 @@ class Engine:
                 _gather(b.params, c, 3, _views(b, "p", c.rest))
             else:
                 torch._foreach_copy_(_views(b, "p", range(clo, chi)), b.params[clo:chi])
-            self._run_piece(b, c, clo, chi, fresh, count, work)
+            if launch is not None:
+                launch.run(i)
+            else:
+                self._run_piece(b, c, clo, chi, fresh, count, work)
             if direct_here is not None:
                 direct_here.scatter(b.pbuf, clo, chi)
             else:

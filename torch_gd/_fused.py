@@ -307,44 +307,52 @@ class Call:
                 raise compiler_error(exc) from exc
             _WARM.add(key)
 
-    def prepare(self, items: list[tuple[Tensor, dict[str, Tensor], Tensor]]) -> Optional["Prepared"]:
-        """Calls for these 1-D params, their states and step counters, prepared once for steps
-        with this call's flags and numbers (``Prepared``); None where a kernel has not been
-        called with this signature yet, or GradScaler takes part."""
+    def prepare(self, items: list[tuple[Tensor, Optional[Tensor], dict[str, Tensor], Tensor]]) -> Optional["Prepared"]:
+        """Calls for these 1-D params, their grads (None: given at each step), states and step
+        counters, prepared once for steps with this call's flags and numbers (``Prepared``);
+        None where a kernel has not been called with this signature yet, or GradScaler takes
+        part."""
         if self.grad_scale is not None or self.found_inf is not None:
             return None
         boxes: dict[tuple, dict[str, Tensor]] = {}
+        firsts: dict[tuple, Tensor] = {}
         calls = []
-        for p, states, step in items:
+        for p, g, states, step in items:
             kind = (p.device, p.dtype)
             if kind not in boxes:
                 boxes[kind] = {k: v.clone() for k, v in self._dynamic(self.scalars(p.device), step, p.dtype).items()}
-            box = boxes[kind]
-            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(box), True, True))
+                firsts[kind] = step
+            if p.numel() < 2:
+                return None
+            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(boxes[kind]), True, True))
             if hit is None:
                 return None
             call, slots = hit
-            sources = {0: {None: p}, 1: {None: None}, 2: states, 3: box}
+            sources = {0: {None: p}, 1: {None: g}, 2: states, 3: boxes[kind]}
             if any(slot is not None and slot[0] not in sources for slot in slots):
                 return None
             inputs = [p.numel() if slot is None else sources[slot[0]][slot[1]] for slot in slots]
-            calls.append((call, inputs, slots.index((1, None)) if (1, None) in slots else None))
-        firsts = {kind: next(step for p, _, step in items if (p.device, p.dtype) == kind) for kind in boxes}
-        written = [t for p, states, _ in items for t in (p, *states.values())]
+            calls.append((call, inputs, slots.index((1, None)) if g is None and (1, None) in slots else None))
+        written = [t for p, _, states, _ in items for t in (p, *states.values())]
         return Prepared(self._traced, tuple(self.numbers), boxes, firsts, calls, written)
+
+    def step_numbers(self, steps: Tensor, count: Optional[int], device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        """The numbers a kernel takes at this step. ``count`` is the host's count of the step
+        being taken: params with equal counts share their step's coefficients, computed once
+        per step instead of once per call."""
+        key = (count, device, dtype)
+        scalars = self._per_count.get(key) if count is not None else None
+        if scalars is None:
+            scalars = self._dynamic(self.scalars(device), steps[0] if steps.dim() else steps, dtype)
+            if count is not None:
+                self._per_count[key] = scalars
+        return scalars
 
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[int] = None) -> None:
         """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
-        already advanced) are wound back where GradScaler found infs.
-
-        ``count`` is the host's count of the step being taken: params with equal counts share
-        their step's coefficients, computed once per step instead of once per call."""
-        key = (count, p.device, p.dtype)
-        scalars = self._per_count.get(key) if count is not None else None
-        if scalars is None:
-            scalars = self._dynamic(self.scalars(p.device), steps[0] if steps.dim() else steps, p.dtype)
-            if count is not None:
-                self._per_count[key] = scalars
+        already advanced) are wound back where GradScaler found infs. ``count``: see
+        ``step_numbers``."""
+        scalars = self.step_numbers(steps, count, p.device, p.dtype)
         grad_scale, found_inf = self._amp(p.device)
         if p.numel() < 2:
             _apply(self.rule, self._traced, p, g, states, scalars, grad_scale, found_inf)
@@ -374,11 +382,12 @@ class Call:
 
 
 class Prepared:
-    """The kernel calls of a fused group's large params, prepared once (``Call.prepare``) for
-    steady steps: each call's inputs in the kernel's order with only the grad to fill in, and
-    the step's numbers in 0-dim tensors that one copy per step refreshes. A steady step of
-    resnet50 makes 45 such calls; going through ``Call`` for each one cost ~40 µs of
-    bookkeeping between kernels once a step's traffic has evicted the objects it reads."""
+    """Kernel calls prepared once (``Call.prepare``) for steady steps: a packed bucket's chunks,
+    or a fused group's large params. Each call's inputs are kept in the kernel's order, with at
+    most the grad to fill in, and the step's numbers sit in 0-dim tensors that one copy per
+    step refreshes. A steady step of resnet50 makes 46 such calls; going through ``Call`` for
+    each cost ~40 µs of bookkeeping between kernels once the step's traffic has evicted the
+    objects it reads, against ~3 µs now."""
 
     def __init__(self, traced: dict[str, Any], numbers: tuple[str, ...], boxes: dict[tuple, dict[str, Tensor]],
                  firsts: dict[tuple, Tensor], calls: list[tuple[Callable[[list], Any], list, Optional[int]]],
@@ -392,15 +401,28 @@ class Prepared:
         return (call.grad_scale is None and call.found_inf is None and call._traced == self.traced
                 and tuple(call.numbers) == self.numbers)
 
-    def __call__(self, call: Call, grads: list[Tensor]) -> None:
-        """One step: ``grads`` are the params' grads as 1-D tensors, in order; the step
-        counters have been advanced."""
-        for kind, box in self.boxes.items():
-            fresh = call._dynamic(call.scalars(kind[0]), self.firsts[kind], kind[1])
+    def refresh(self, call: Call, count: Optional[int]) -> None:
+        """Load this step's numbers (``Call.step_numbers``); the step counters have been
+        advanced."""
+        for (device, dtype), box in self.boxes.items():
+            fresh = call.step_numbers(self.firsts[(device, dtype)], count, device, dtype)
             torch._foreach_copy_(list(box.values()), [fresh[k] for k in box])
-        for (kernel, inputs, at), g in zip(self.calls, grads):
-            inputs = inputs.copy()
-            if at is not None:
-                inputs[at] = g
-            kernel(inputs)
+
+    def run(self, i: int, g: Optional[Tensor] = None) -> None:
+        """Call ``i``, with its grad when it was prepared without one."""
+        kernel, inputs, at = self.calls[i]
+        inputs = inputs.copy()  # the call empties the list it is given
+        if at is not None:
+            inputs[at] = g
+        kernel(inputs)
+
+    def bump(self) -> None:
+        """Bump the version counters of what the calls wrote, as an in-place op would."""
         increment_version(self.written)
+
+    def __call__(self, call: Call, grads: list[Tensor], count: Optional[int]) -> None:
+        """Every call, with ``grads`` (1-D, in order), then the version bumps."""
+        self.refresh(call, count)
+        for i, g in enumerate(grads):
+            self.run(i, g)
+        self.bump()
