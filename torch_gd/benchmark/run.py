@@ -3,6 +3,8 @@ dtype, as rows with ratios against torch and achieved bandwidth, plus one triad 
 
 from __future__ import annotations
 
+import gc
+
 import contextlib
 import os
 import platform
@@ -96,6 +98,10 @@ def _timed(config: Config, impls: dict[str, list[str]], bar: Progress) -> tuple[
                 timings = measure.step_times(optimizer, impls[optimizer], params, timer, config.rounds,
                                              config.steps_per_round)
             rows += [_row(optimizer, impl, size, t, config) for impl, t in timings.items()]
+            # The case's optimizers, torch's and ours, sit in reference cycles (torch's step
+            # wrappers): free them now, not whenever the cycle collector next runs, or five
+            # copies of GPT-2's state pile up on the previous set's (24 GB here, OOM-killed).
+            gc.collect()
         del params
     rows.sort(key=lambda r: config.optimizers.index(r["optimizer"]))
     return rows, triads
