@@ -3,9 +3,8 @@ dtype, as rows with ratios against torch and achieved bandwidth, plus one triad 
 
 from __future__ import annotations
 
-import gc
-
 import contextlib
+import gc
 import os
 import platform
 from dataclasses import dataclass
