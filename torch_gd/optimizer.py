@@ -149,13 +149,12 @@ class Optimizer(torch.optim.Optimizer):
         # every group before any group is updated.
         amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         collected = [self._with_grads(group) for group in self.param_groups]
-        metas = [c.pop() for c in collected]
         if self.check_finite and amp[1] is None:  # with found_inf, GradScaler skips such steps
             for group in self.param_groups:
                 _checks.finite_check_allowed(True, group)
-            _checks.finite_grads(self.param_groups, collected)
+            _checks.finite_grads(self.param_groups, [(params, grads) for params, grads, _ in collected])
         work = []
-        for gi, (group, (params, grads), meta) in enumerate(zip(self.param_groups, collected, metas)):
+        for gi, (group, (params, grads, metas)) in enumerate(zip(self.param_groups, collected)):
             if params and not group.get("fused") and (amp[0] is not None or amp[1] is not None):
                 # Only a fused kernel can unscale and skip without a host sync; applying the
                 # update anyway would ignore GradScaler's inf check (torch asserts here too).
@@ -165,12 +164,12 @@ class Optimizer(torch.optim.Optimizer):
                 )
             if params:
                 work.append(self._engine.prepare(
-                    gi, group, params, grads, self._state_keys(group), self._hyper(group), self.state, amp, meta))
+                    gi, group, params, grads, self._state_keys(group), self._hyper(group), self.state, amp, metas))
         for w in work:
             self._engine.execute(w, self.state)
         return loss
 
-    def _with_grads(self, group: dict[str, Any]) -> list:
+    def _with_grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[tuple]]:
         """The distinct params of ``group`` that have a grad, their grads, and each grad's
         (dtype, layout, device, shape).
 
@@ -196,7 +195,7 @@ class Optimizer(torch.optim.Optimizer):
                     "requires grad cannot be updated in place: optimize non-leaf tensors (e.g. "
                     "p.clone()), as torch's differentiable optimizers require"
                 )
-        return [params, grads, metas]
+        return params, grads, metas
 
     def _distinct(self, group: dict[str, Any]) -> bool:
         """Whether ``group``'s params are distinct: checked once per list of params, then
