@@ -117,8 +117,7 @@ class _Kernel:
         hit = self.direct.get(signature)
         if hit is not None:
             call, slots = hit
-            args = (p, g, states, scalars, grad_scale, found_inf)
-            call([p.numel() if slot is None else _fetch(args, slot) for slot in slots])
+            call(_inputs(slots, (p, g, states, scalars, grad_scale, found_inf)))
             # As AOT's wrapper would, for the tensors the kernel wrote.
             increment_version((p, *states.values()))
             return
@@ -184,6 +183,12 @@ def _slots(call: tuple, example_inputs: list) -> Optional[list]:
         else:
             return None
     return slots
+
+
+def _inputs(slots: list, args: tuple) -> list:
+    """A kernel's inputs in its graph's order, fetched from ``args`` (``_Kernel.__call__``'s
+    arguments) through ``_slots``."""
+    return [args[0].numel() if slot is None else _fetch(args, slot) for slot in slots]
 
 
 def _fetch(args: tuple, slot: tuple[int, Optional[str]]) -> Tensor:
@@ -328,10 +333,8 @@ class Call:
             if hit is None:
                 return None
             call, slots = hit
-            sources = {0: {None: p}, 1: {None: g}, 2: states, 3: boxes[kind]}
-            if any(slot is not None and slot[0] not in sources for slot in slots):
-                return None
-            inputs = [p.numel() if slot is None else sources[slot[0]][slot[1]] for slot in slots]
+            # Without GradScaler's tensors (the signature above) no slot refers to them.
+            inputs = _inputs(slots, (p, g, states, boxes[kind], None, None))
             calls.append((call, inputs, slots.index((1, None)) if g is None and (1, None) in slots else None))
         written = [t for p, _, states, _ in items for t in (p, *states.values())]
         return Prepared(self._traced, tuple(self.numbers), boxes, firsts, calls, written)

@@ -17,14 +17,11 @@ from torch import Tensor
 from torch.optim.optimizer import _use_grad_for_differentiable
 
 from . import _checks
-from ._engine import Engine, Spec, scalar_dtype
+from ._engine import Engine, Spec, grad_meta, scalar_dtype
 from ._state import State
 
 
 _grad = operator.attrgetter("grad")
-# What a step checks of every grad, read in one pass: on many small params each pass over the
-# grads costs ~0.3 µs a grad once a step's traffic has evicted them.
-_meta = operator.attrgetter("dtype", "layout", "device", "shape")
 _layout = operator.itemgetter(1)
 _is_none = functools.partial(operator.is_, None)
 
@@ -164,7 +161,7 @@ class Optimizer(torch.optim.Optimizer):
                 )
             if params:
                 work.append(self._engine.prepare(
-                    gi, group, params, grads, self._state_keys(group), self._hyper(group), self.state, amp, metas))
+                    gi, group, params, grads, metas, self._state_keys(group), self._hyper(group), self.state, amp))
         for w in work:
             self._engine.execute(w, self.state)
         return loss
@@ -183,7 +180,7 @@ class Optimizer(torch.optim.Optimizer):
             kept = [(p, g) for p, g in zip(params, grads)
                     if g is not None and id(p) not in seen and not seen.add(id(p))]
             params, grads = [p for p, _ in kept], [g for _, g in kept]
-        metas = list(map(_meta, grads))
+        metas = list(map(grad_meta, grads))
         error = self._sparse_error(group) if torch.sparse_coo in set(map(_layout, metas)) else None
         if error is not None:
             raise RuntimeError(error)
