@@ -9,6 +9,7 @@ import shlex
 import sys
 import textwrap
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ import torch
 from torch_gd.benchmark import cli, isolated, measure, optimizers, progress, sets
 from torch_gd.benchmark.run import Config, run
 from torch_gd.benchmark.timing import EventTimer, WallTimer, timer_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Implementations that compile nothing, so a run takes well under a second.
 PREBUILT = ["torch-for-loop", "torch-foreach", "torch-fused", "torch_gd-default"]
@@ -303,3 +306,38 @@ def test_fused_rows_and_ratios():
     assert list(by_impl) == impls
     best = min(by_impl[i]["median_ms"] for i in optimizers.TORCH)
     assert by_impl["torch_gd fused"]["vs_torch_best"] == pytest.approx(by_impl["torch_gd fused"]["median_ms"] / best)
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "SGD", "Adagrad"])
+def test_the_floor_takes_torchs_fused_step(optimizer):
+    """The floor step (grads read and concatenated, one fused kernel over flat buffers) is a
+    whole step: its params end where torch's fused step puts them."""
+    from torch_gd.benchmark.floor import Floor
+
+    params = sets.parameters([torch.randn(5), torch.randn(3, 4), torch.randn(7)], "cpu", torch.float32)
+    theirs = optimizers.build(optimizer, "torch fused", sets.clone(params))
+    floor = Floor(optimizer, sets.clone(params))
+    for _ in range(3):
+        theirs.step()
+        floor()
+    # One tensor against three: torch's kernel takes its vector and scalar tail paths at other
+    # elements, which round differently by an ulp; fp32's default tolerance covers that.
+    for got, p in zip(floor.values(), theirs.param_groups[0]["params"]):
+        torch.testing.assert_close(got, p.detach())
+
+
+def test_floor_script_records_every_part_against_torch_fused(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import floor as script
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "floor.json"
+    result = script.main(["--sets", "20x100", "--optimizers", "SGD", "--rounds", "2", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    rows = {r["what"]: r for r in result["rows"]}
+    assert set(rows) == {"torch fused", "torch_gd fused", "floor: read + cat + kernel", "read grads",
+                         "read + cat", "kernel on flat buffers"}
+    assert rows["torch fused"]["vs_torch_fused"] == 1
+    for r in rows.values():
+        assert r["median_ms"] > 0 and r["vs_torch_fused"] == pytest.approx(r["median_ms"] / rows["torch fused"]["median_ms"])
