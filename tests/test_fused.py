@@ -243,6 +243,37 @@ def test_prepared_calls_follow_changed_flags_and_numbers(monkeypatch):
     assert prepared_steps == [1, 2, 3, 7]
 
 
+@pytest.mark.parametrize("name, switch", [("Adam", {"betas": (0.0, 0.999)}), ("RMSprop", {"alpha": 0.0})])
+def test_a_coefficient_switched_to_zero_gets_its_own_kernel_called_directly(name, switch):
+    """A float 0.0 that switches a term off (beta1, alpha) between steady steps: a new
+    kernel, compiled with the 0 as a constant (dynamo would lift a float into an input no call
+    passes, so every call went through dynamo, and the prepared large param's view made it
+    fail), matching the eager rule."""
+    import torch_gd
+
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(_engine.PACK_MAX_NUMEL + 3,), (7,), (3, 4)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    kw = {"lr": 1e-2}
+    opt, ref = getattr(torch_gd, name)(params, fused=True, **kw), getattr(torch_gd, name)(refs, **kw)
+    for step in range(5):
+        for p, q in zip(params, refs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        if step == 3:
+            for o in (opt, ref):
+                o.param_groups[0].update(switch)
+        opt.step()
+        ref.step()
+        assert_params_close(params, refs, **tol(torch.float32))
+    (key, value), = switch.items()
+    zero = value[0] if key == "betas" else value
+    switched = [k for (rule, statics, *_), k in _fused._KERNELS.items()
+                if rule is opt._spec.rule and dict(statics).get("beta1" if key == "betas" else key) == zero]
+    assert switched and all(k.direct for k in switched)
+
+
 @cases
 def test_fused_traces_for_a_fake_cuda_device(case):
     """Inductor cannot build CUDA kernels without a driver; dynamo with aot_eager can trace the

@@ -121,9 +121,12 @@ class _Kernel:
             # As AOT's wrapper would, for the tensors the kernel wrote.
             increment_version((p, *states.values()))
             return
-        self._call, self._captured = (p, g, states, scalars, grad_scale, found_inf), None
+        # Dynamo sees aliases without autograd history: a param's 1-D view made under no_grad
+        # and traced as an in-place target is refused ("a view was created in no_grad mode").
+        args = (p.detach(), g.detach(), {k: t.detach() for k, t in states.items()}, scalars, grad_scale, found_inf)
+        self._call, self._captured = args, None
         try:
-            self.compiled(p, g, states, scalars, grad_scale, found_inf)
+            self.compiled(*args)
         finally:
             self._call = None
         if self._captured is not None:
@@ -247,8 +250,12 @@ class Call:
                 continue
             if isinstance(value, Tensor) or (not isinstance(value, bool) and value is not None and value != 0):
                 self.numbers[name] = value
+            elif isinstance(value, float):
+                # A coefficient that switches a term off shapes the kernel itself, as the int 0:
+                # dynamo would lift a float (0.0) into a graph input that no call passes.
+                self.statics[name] = 0
             else:
-                # Flags, and coefficients that switch a term off, shape the kernel itself.
+                # Flags.
                 self.statics[name] = value
         self.grad_scale, self.found_inf = grad_scale, found_inf
         self._scalars: dict[torch.device, dict[str, Tensor]] = {}
