@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+import torch_gd
 from torch_gd import _engine, _fused
 
 from .helpers import assert_params_close, assert_state_close, tol
@@ -140,6 +141,64 @@ def test_gradscaler_unscales_inside_and_skips_without_touching_anything(name):
             q.grad = g.clone()
             ref.step()
             torch.testing.assert_close(p.detach(), q.detach(), **tol(torch.float32))
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_gradscaler_skips_while_some_params_have_no_grad(name):
+    """Skipped steps that some params sit out (an unused expert), then steps others sit out:
+    params whose host counts agree while their real step counts differ must not share a run or
+    a step's numbers (Adam's bias corrections, SGD's first momentum). Small and large params,
+    against torch's for-loop fed the unscaled grads of the applied steps."""
+    gen = torch.Generator().manual_seed(4)
+    shapes = [(5, 7)] * 6 + [(_engine.PACK_MAX_NUMEL + 5,)] * 3
+    ours = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    # With dampening, a first momentum step (buf = g) differs from a later one on a zero buffer.
+    kw = {"lr": 0.01, "momentum": 0.9, "dampening": 0.3} if name == "SGD" else {"lr": 0.01}
+    opt = getattr(torch_gd, name)(ours, fused=True, **kw)
+    ref = getattr(torch.optim, name)(theirs, foreach=False, **kw)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    # Skipped: steps 0 and 1 (evens sit out step 1); the odds sit out step 2. At step 3 every
+    # param has taken 2 steps by the host's count, the odds 1 really and the evens 2.
+    absent = {1: range(0, 9, 2), 2: range(1, 9, 2), 5: range(0, 9, 3)}
+    for step in range(7):
+        scaler.scale(torch.ones(()))  # lazily creates the scale
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        skip = step in (0, 1)
+        for i, (p, q, g) in enumerate(zip(ours, theirs, grads)):
+            missing = i in absent.get(step, ())
+            p.grad = None if missing else g * scaler.get_scale()
+            if skip and i == 1:  # present at the skipped step
+                p.grad.view(-1)[0] = float("inf")
+            q.grad = None if missing or skip else g.clone()
+        scaler.step(opt)
+        scaler.update()
+        if not skip:
+            ref.step()
+        assert_params_close(ours, theirs, **tol(torch.float32))
+
+
+def test_state_of_another_dtype_than_its_param_is_refused_before_anything_moves():
+    """``model.double()`` after state was created: a kernel compiled for float64 would read and
+    write the float32 state out of bounds (it crashed the process); torch's fused kernels
+    refuse it too. Small params re-pack their state instead."""
+    big, small = (_engine.PACK_MAX_NUMEL + 5,), (4, 3)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in (big, small)]
+    opt = torch_gd.SGD(params, lr=0.1, momentum=0.9, fused=True)
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+    for p in params:
+        p.data, p.grad = p.data.double(), None
+        p.grad = torch.randn(p.shape, dtype=torch.float64)
+    before = [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+    with pytest.raises(RuntimeError, match="changed dtype or device after its state was created"):
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before[0]))
+    after = opt.state_dict()
+    for i, st in before[1]["state"].items():
+        assert all(torch.equal(after["state"][i][k], v) for k, v in st.items())
 
 
 def test_no_recompiles_after_the_first_step():

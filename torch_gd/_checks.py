@@ -148,6 +148,21 @@ def grad_like_param(p: Tensor, g: Tensor) -> None:
         )
 
 
+def state_like_param(p: Tensor, state: dict, keys: tuple[str, ...]) -> None:
+    """A fused kernel is compiled for one dtype and device: a param's state must share them
+    (``model.double()`` after state was created leaves float32 state beside float64 params,
+    which torch's fused kernels refuse too: "expected scalar type Double but found Float")."""
+    for k in keys:
+        t = state.get(k)
+        if t is not None and (t.dtype != p.dtype or t.device != p.device):
+            raise RuntimeError(
+                f"fused=True: a param of shape {tuple(p.shape)} ({p.dtype} on {p.device}) has its "
+                f"{k!r} state in {t.dtype} on {t.device} (the param changed dtype or device after its "
+                "state was created, e.g. model.double()); move the state too (load the optimizer's "
+                "state_dict again after the change, which casts it) or use fused=False; nothing was updated"
+            )
+
+
 def _local(g: Tensor) -> Tensor:
     """The values a grad holds on this process: a sparse grad's values, a DTensor's shard."""
     if g.is_sparse:

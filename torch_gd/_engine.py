@@ -108,6 +108,9 @@ class _Bucket:
     metas: tuple = ()
     # For fused groups, the chunks' kernel calls prepared after a step of the whole bucket.
     launch: Optional[Prepared] = None
+    # Each param's (shape, strides) when packed: its segments of the flat buffers keep them,
+    # whatever the param's layout becomes (``model.to(memory_format=...)``), and copies convert.
+    layouts: list[tuple[torch.Size, tuple[int, ...]]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -180,23 +183,24 @@ class _Work:
     direct: bool = False  # the loose params run through ``plan.direct``
 
 
-def _segment_view(flat: Tensor, p: Tensor, offset: int) -> Tensor:
-    """A view of ``flat[offset:offset+p.numel()]`` with p's shape, and p's strides when p is dense.
+def _segment_view(flat: Tensor, shape: torch.Size, stride: tuple[int, ...], offset: int) -> Tensor:
+    """A view of ``flat[offset:offset+numel]`` with this shape, and these strides when they
+    are dense.
 
     Giving params, grads and state the same strides inside the flat buffer keeps the flat update
     elementwise-correct whatever the layout (channels_last, transposed); a param with gaps gets
     a contiguous segment, and the gather/scatter copies convert between the two.
     """
-    if _dense(p):
-        return flat.as_strided(p.shape, p.stride(), offset)
-    return flat[offset : offset + p.numel()].view(p.shape)
+    if _dense(shape, stride):
+        return flat.as_strided(shape, stride, offset)
+    return flat[offset : offset + shape.numel()].view(shape)
 
 
-def _dense(t: Tensor) -> bool:
-    """Whether ``t``'s elements exactly fill ``t.numel()`` consecutive storage slots."""
+def _dense(shape: torch.Size, stride: tuple[int, ...]) -> bool:
+    """Whether these strides place ``shape.numel()`` elements in as many consecutive slots."""
     expected = 1
-    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s != 1):
-        if stride != expected:
+    for st, size in sorted((st, s) for s, st in zip(shape, stride) if s != 1):
+        if st != expected:
             return False
         expected *= size
     return True
@@ -223,6 +227,12 @@ class Engine:
         self._private_counts: dict[int, int] = {}
         # The ``step`` tensor each per-tensor param had when we last counted it.
         self._step_seen: dict[int, Tensor] = {}
+        # GradScaler may skip a fused step on the device, unknown to the host counts: params
+        # that took part in different such steps may have equal host counts and different real
+        # ones. Each param's tag names the GradScaler steps it took part in (none: absent), so
+        # that only params with one history share a run or a step's numbers.
+        self._amp_tags: dict[int, int] = {}
+        self._amp_steps = 0
 
     def invalidate(self) -> None:
         """Forget every plan: state is re-read and re-packed at the next step."""
@@ -282,7 +292,8 @@ class Engine:
             steps = torch.zeros(len(params), dtype=scalar_dtype(), device=like.device if on_device else "cpu")
             if self.spec.uses_step:  # torch's per-param ``step``; a view costs ~0.9 KB
                 step_views = list(steps.unbind())
-        segment = lambda buf: [_segment_view(buf, p, o) for p, o in zip(params, offsets)]  # noqa: E731
+        layouts = [(p.shape, p.stride()) for p in params]
+        segment = lambda buf: [_segment_view(buf, *layout, o) for layout, o in zip(layouts, offsets)]  # noqa: E731
         per_key = {k: segment(flat[k]) for k in keys}
         views = [{k: per_key[k][i] for k in keys} for i in range(len(params))]
         for i, p in enumerate(params):
@@ -314,7 +325,8 @@ class Engine:
         return _Bucket(params, offsets, flat, views, steps, step_views, gbuf, [None] * len(params), pbuf,
                        [None] * len(params), starts, like.dtype, probes, chunks,
                        [id(p) for p in params],
-                       metas=tuple((like.dtype, torch.strided, pbuf.device, p.shape) for p in params))
+                       metas=tuple((like.dtype, torch.strided, pbuf.device, p.shape) for p in params),
+                       layouts=layouts)
 
     # ---------------------------------------------------------------- running
 
@@ -355,6 +367,8 @@ class Engine:
         if not direct:
             for p, g in loose:
                 _checks.grad_like_param(p, g)
+                if group.get("fused"):
+                    _checks.state_like_param(p, state.get(p, _EMPTY), keys)
         kw = {k: _f64(v) for k, v in hyper.items()}
         kw.update(first=False, scratch=None)
         fused = None
@@ -376,11 +390,32 @@ class Engine:
         else:
             for p, g in work.loose:
                 self._run_one(p, g, work, state)
+        if work.fused is not None and work.fused.found_inf is not None and (self._amp_tags or not work.complete):
+            self._tag_amp_step(work)
         # A step that saw every param's state leaves the plan valid until the state changes.
         tracked = isinstance(state, State) and not state.untracked and work.complete
         work.plan.version = state.version if tracked else None
         if tracked and work.fused is not None and not work.direct:
             self._prepare_direct(work.plan, work.keys, state, work.fused)
+
+    def _tag_amp_step(self, work: _Work) -> None:
+        """Record that the params of ``work`` took part in this GradScaler step (see
+        ``_amp_tags``); the large params' prepared calls share one step's numbers, so they are
+        dropped until every param has one history again."""
+        self._amp_steps += 1
+        tags = self._amp_tags
+        stepped = [p for p, _ in work.loose]
+        for b, items in work.packed.items():
+            stepped += b.params if work.whole else [p for _, p, _, _ in items]
+        for p in stepped:
+            tags[id(p)] = hash((tags.get(id(p), 0), self._amp_steps))
+        work.plan.direct = work.plan.launch = None
+
+    def _shared(self, count: Optional[int]) -> Optional[int]:
+        """The host count under which a fused step's numbers are shared between params (see
+        ``Call.step_numbers``), or None (each call reads its own step) once GradScaler steps
+        have given params different histories."""
+        return None if self._amp_tags else count
 
     def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict, fused: Call) -> None:
         """After a fused step that saw every param, prepare the per-tensor params' kernel calls,
@@ -408,6 +443,8 @@ class Engine:
                                    states, step))
         if not entries or len(counts) > 1 or None in counts:
             return
+        if len({self._amp_tags.get(id(p), 0) for p in plan.take_loose(plan.params)}) > 1:
+            return
         plan.direct = entries
         plan.direct_count = counts.pop()
         plan.direct_ids = [id(p) for p in plan.take_loose(plan.params)]
@@ -425,7 +462,7 @@ class Engine:
             plan.launch(work.fused, grads, count)
         else:
             for e, g in zip(entries, grads):
-                work.fused(e.p, g, e.states, e.step, count)
+                work.fused(e.p, g, e.states, e.step, self._shared(count))
             plan.launch = work.fused.prepare(_launch_items(entries))
         counts = self.counts if self.spec.uses_step else self._private_counts
         counts.update(dict.fromkeys(plan.direct_ids, count))
@@ -458,7 +495,7 @@ class Engine:
         launch = b.launch if work.fused is not None and b.launch is not None and b.launch.fits(work.fused) else None
         if launch is not None:
             b.steps.add_(1)
-            launch.refresh(work.fused, count + 1 if self.spec.uses_step else None)
+            launch.refresh(work.fused, self._shared(count + 1) if self.spec.uses_step else None)
         self._run_range(b, 0, len(b.params), False, count, work, grads, direct, launch)
         if launch is not None:
             launch.bump()
@@ -518,10 +555,11 @@ class Engine:
         direct = _direct_copies(b) if work.fused is not None else None
         # Params that share a step count and freshness share one run of rule calls.
         classes: dict[Hashable, list[int]] = defaultdict(list)
+        tags = self._amp_tags
         for i, p, _, fresh in items:
             count = 0 if fresh or not spec.uses_step else self.counts.get(id(p), 0)
-            classes[(fresh, count)].append(i)
-        for (fresh, count), members in classes.items():
+            classes[(fresh, count, tags.get(id(p), 0))].append(i)
+        for (fresh, count, _), members in classes.items():
             for lo, hi in _runs(members):
                 self._run_range(b, lo, hi, fresh, count, work, grads, direct)
         if direct is not None:
@@ -588,7 +626,7 @@ class Engine:
         p = real_view(b.pbuf[a - c.start:z - c.start])
         if work.fused is not None:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
-                       count + 1 if spec.uses_step else None)
+                       self._shared(count + 1) if spec.uses_step else None)
             return
         kw["first"], kw["scratch"] = fresh, g
         kw.update(zip(keys, tensors))
@@ -621,7 +659,7 @@ class Engine:
             tensors = [st[k] for k in keys]
         if work.fused is not None and steps is None:
             steps = self._private_step(p, fresh)
-        count = self.counts[id(p)] if spec.uses_step else None
+        count = self._shared(self.counts[id(p)]) if spec.uses_step else None
         if _is_dtensor(p):
             # FSDP2/DTensor params: the update is elementwise, so each rank updates its local
             # shard (the state stays DTensor, as distributed checkpointing expects).
@@ -653,7 +691,7 @@ class Engine:
             buf = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
             self._scratch[key] = buf
             self._scratch_views.clear()
-        view = real_view(_segment_view(buf, p, 0))
+        view = real_view(_segment_view(buf, p.shape, p.stride(), 0))
         self._scratch_views[id(p)] = view
         return view
 
@@ -749,12 +787,12 @@ def _views(b: _Bucket, which: str, indices: Any) -> list[Tensor]:
     if torch.compiler.is_compiling():
         # Views made while dynamo traces a step must not outlive the trace: as inputs of a later
         # graph they would alias the buffer with a different ``_base`` than the buffer's own.
-        return [_segment_view(buf, b.params[i], b.offsets[i] - b.starts[i]) for i in indices]
+        return [_segment_view(buf, *b.layouts[i], b.offsets[i] - b.starts[i]) for i in indices]
     out = []
     for i in indices:
         view = cache[i]
         if view is None:
-            view = cache[i] = _segment_view(buf, b.params[i], b.offsets[i] - b.starts[i])
+            view = cache[i] = _segment_view(buf, *b.layouts[i], b.offsets[i] - b.starts[i])
         out.append(view)
     return out
 
@@ -771,7 +809,7 @@ def _direct_copies(b: _Bucket) -> Optional[Scatter]:
     if b.scatter is False:
         return None
     if b.scatter is None or not b.scatter.valid():
-        built = Scatter(b.params, b.offsets, b.pbuf.element_size()) if Scatter.fits(b.params) else None
+        built = Scatter(b.params, b.offsets, b.pbuf.element_size()) if Scatter.fits(b.params, b.dtype, b.layouts) else None
         b.scatter = built if built is not None and built.compiled else False
     return b.scatter or None
 

@@ -9,10 +9,11 @@ over the params' addresses, built with Inductor's C++ toolchain (which ``fused=T
 anyway) and cached on disk like Inductor's kernels. Without a compiler the engine keeps
 ``torch.cat`` and ``torch._foreach_copy_``.
 
-Writing through addresses is safe only while they are the params' own: a ``Scatter`` holds the
-params' storages, so no other tensor can be allocated at those addresses while it lives, and the
-engine compares the params' addresses with the table before every use (``p.data = ...`` moves
-them). Version counters are bumped as ``copy_`` would.
+Writing through addresses is safe only while they are the params' own: a ``Scatter`` holds
+aliases of the params, so no other tensor can be allocated at those addresses while it lives,
+and the engine checks before every use that each param is still set to its alias's storage,
+offset, sizes and strides (``p.data = ...`` changes them). Version counters are bumped as
+``copy_`` would.
 """
 
 from __future__ import annotations
@@ -65,19 +66,22 @@ class Scatter:
 
     def __init__(self, params: list[Tensor], offsets: list[int], itemsize: int) -> None:
         self.params = params
-        self.addresses = [p.data_ptr() for p in params]
-        self._storages = [p.untyped_storage() for p in params]  # keeps the addresses theirs
-        self._table = torch.tensor(self.addresses, dtype=torch.int64)
+        # Aliases of the params as they are now: they keep the storages (so the addresses stay
+        # theirs), and ``valid`` compares each param with its alias in one C call.
+        self._aliases = [p.detach() for p in params]
+        self._table = torch.tensor([p.data_ptr() for p in params], dtype=torch.int64)
         self._offsets = torch.tensor(offsets, dtype=torch.int64) * itemsize
         self._kernel = _compiled()
 
     @staticmethod
-    def fits(params: list[Tensor]) -> bool:
-        """Whether ``params`` can be written through their addresses: enough of them, plain
-        dense CPU tensors with memory behind them."""
+    def fits(params: list[Tensor], dtype: torch.dtype, layouts: list[tuple[torch.Size, tuple[int, ...]]]) -> bool:
+        """Whether ``params`` can be copied byte for byte into segments of ``dtype`` laid out
+        as ``layouts`` (shape, strides): enough of them, plain dense contiguous CPU tensors
+        with memory behind them, of that dtype and layout."""
         return len(params) >= MIN_PARAMS and all(
-            p.device.type == "cpu" and type(p) in (Tensor, torch.nn.Parameter) and p.is_contiguous()
-            and not p.is_meta and not p.is_sparse for p in params)
+            p.device.type == "cpu" and type(p) in (Tensor, torch.nn.Parameter) and p.dtype == dtype
+            and p.is_contiguous() and (p.shape, p.stride()) == layout and not p.is_meta and not p.is_sparse
+            for p, layout in zip(params, layouts))
 
     @property
     def compiled(self) -> bool:
@@ -85,8 +89,10 @@ class Scatter:
         return self._kernel is not None
 
     def valid(self) -> bool:
-        """Whether the params still live at the table's addresses."""
-        return list(map(Tensor.data_ptr, self.params)) == self.addresses
+        """Whether the params still are what the table was built from: the same storage,
+        offset, sizes and strides (``p.data = ...`` changes them, even at the same address, as
+        ``p.data = p.data.t()`` does); a new dtype needs new storage."""
+        return all(map(Tensor.is_set_to, self.params, self._aliases))
 
     def gather(self, buffer: Tensor, begin: int, end: int) -> None:
         """Params ``[begin, end)`` into ``buffer``, which starts at param ``begin``."""
