@@ -750,7 +750,8 @@ def _distinct(params: list[Tensor]) -> list[Tensor]:
 
 
 def _catable(p: Tensor) -> bool:
-    return p.dim() > 0 and p.is_contiguous()
+    # An empty param would make its run's view ambiguous ((3, 0) gives view(-1, 0)).
+    return p.dim() > 0 and p.numel() > 0 and p.is_contiguous()
 
 
 def _cat_runs(params: list[Tensor], offsets: list[int], lo: int, end: int, gbuf: Tensor, pbuf: Tensor):

@@ -116,8 +116,15 @@ def add_ratio_(x: Tensor, num: Tensor, den: Tensor, a: Scalar) -> Tensor:
     if torch.compiler.is_compiling():
         return x.add_(num * a / den)
     if isinstance(a, Tensor):
-        return x.addcdiv_(num, den.div_(a))
-    return x.addcdiv_(num, den, value=a)
+        return x.addcdiv_(saved(num), den.div_(a))
+    return x.addcdiv_(saved(num), den, value=a)
+
+
+def saved(t: Tensor) -> Tensor:
+    """``t`` as an op that keeps its inputs for backward should read it: under autograd
+    (``differentiable=True``) a copy, since ``t`` may be state that the next step updates in
+    place (torch's for-loop Adam clones ``exp_avg`` for its ``addcdiv_`` the same way)."""
+    return t.clone() if torch.is_grad_enabled() else t
 
 
 def lerp_(x: Tensor, y: Tensor, w: Scalar) -> Tensor:
@@ -136,11 +143,17 @@ def div_(x: Tensor, d: Scalar) -> Tensor:
 
 def maximum_(acc: Tensor, x: Tensor) -> Tensor:
     """``acc ← max(acc, x)`` elementwise, in place (NaN propagates, as in torch)."""
+    if torch.is_grad_enabled():  # differentiable=True: autograd refuses out=
+        return acc.copy_(torch.maximum(saved(acc), saved(x)))
     return torch.maximum(acc, x, out=acc)
 
 
 def sqrt(x: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """``√x``."""
+    """``√x``, into ``out`` when given (``x`` itself: in place). Callers go on to update the
+    result in place, and autograd's sqrt keeps its output for backward: under autograd
+    (``differentiable=True``) the result is a copy."""
+    if torch.is_grad_enabled():
+        return x.sqrt().clone()
     return x.sqrt() if out is None else torch.sqrt(x, out=out)
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec, scalar_dtype
-from ._ops import Scalar, add_ratio_, addcmul_, enabled, l2_gradient, real_view, sub_scaled_
+from ._ops import Scalar, add_ratio_, addcmul_, enabled, l2_gradient, real_view, sqrt, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -45,7 +45,7 @@ def adagrad(
         _sparse_adagrad(p, g, s, clr, eps)
         return
     addcmul_(s, g, g, 1)
-    add_ratio_(p, g, s.sqrt().add_(eps), -clr)
+    add_ratio_(p, g, sqrt(s).add_(eps), -clr)
 
 
 def adagrad_coefficients(step: Scalar, lr: Scalar, lr_decay: Scalar, **_: Any) -> dict[str, Scalar]:

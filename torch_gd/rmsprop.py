@@ -8,7 +8,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec
-from ._ops import Scalar, add_ratio_, addcmul_, complement, l2_gradient, lerp_, sub_scaled_
+from ._ops import Scalar, add_ratio_, addcmul_, complement, l2_gradient, lerp_, saved, sqrt, sub_scaled_
 from .optimizer import Optimizer
 
 
@@ -46,9 +46,11 @@ def rmsprop(
     addcmul_(v.mul_(alpha), g, g, complement(alpha, v))
     if centered:
         lerp_(grad_avg, g, complement(alpha, grad_avg))
-        sigma = v.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        mean = saved(grad_avg)
+        spread = v.addcmul(mean, mean, value=-1)
+        sigma = sqrt(spread, out=spread)
     else:
-        sigma = v.sqrt()
+        sigma = sqrt(v)
     sigma.add_(eps)
     if b is not None:
         add_ratio_(b.mul_(momentum), g, sigma, 1)

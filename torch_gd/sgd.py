@@ -44,7 +44,9 @@ def sgd(
             # Fused: whether this is the first applied step is known only on the device.
             b.copy_(torch.where(first, g, add_scaled(b * momentum, g, 1 - dampening)))
         elif first:
-            assign_(b, g.detach())
+            # torch detaches here (clone(grad).detach()), which cuts differentiable=True's
+            # gradient through the first step; we keep it.
+            assign_(b, g)
         else:
             add_scaled_(b.mul_(momentum), g, 1 - dampening)
         d = add_scaled(g, b, momentum, out=scratch) if nesterov else b
