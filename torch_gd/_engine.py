@@ -411,11 +411,11 @@ class Engine:
             tags[id(p)] = hash((tags.get(id(p), 0), self._amp_steps))
         work.plan.direct = work.plan.launch = None
 
-    def _shared(self, count: Optional[int]) -> Optional[int]:
-        """The host count under which a fused step's numbers are shared between params (see
-        ``Call.step_numbers``), or None (each call reads its own step) once GradScaler steps
-        have given params different histories."""
-        return None if self._amp_tags else count
+    def _shared(self, count: int, pid: int) -> Hashable:
+        """What a fused step's numbers are shared under between params (``Call.step_numbers``):
+        the host count, and once GradScaler steps have given params different histories, the
+        param's history with it."""
+        return (count, self._amp_tags.get(pid, 0)) if self._amp_tags else count
 
     def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict, fused: Call) -> None:
         """After a fused step that saw every param, prepare the per-tensor params' kernel calls,
@@ -461,8 +461,8 @@ class Engine:
         if plan.launch is not None and plan.launch.fits(work.fused):
             plan.launch(work.fused, grads, count)
         else:
-            for e, g in zip(entries, grads):
-                work.fused(e.p, g, e.states, e.step, self._shared(count))
+            for e, g, pid in zip(entries, grads, plan.direct_ids):
+                work.fused(e.p, g, e.states, e.step, self._shared(count, pid))
             plan.launch = work.fused.prepare(_launch_items(entries))
         counts = self.counts if self.spec.uses_step else self._private_counts
         counts.update(dict.fromkeys(plan.direct_ids, count))
@@ -495,7 +495,7 @@ class Engine:
         launch = b.launch if work.fused is not None and b.launch is not None and b.launch.fits(work.fused) else None
         if launch is not None:
             b.steps.add_(1)
-            launch.refresh(work.fused, self._shared(count + 1) if self.spec.uses_step else None)
+            launch.refresh(work.fused, self._shared(count + 1, b.ids[0]) if self.spec.uses_step else None)
         self._run_range(b, 0, len(b.params), False, count, work, grads, direct, launch)
         if launch is not None:
             launch.bump()
@@ -626,7 +626,7 @@ class Engine:
         p = real_view(b.pbuf[a - c.start:z - c.start])
         if work.fused is not None:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
-                       self._shared(count + 1) if spec.uses_step else None)
+                       self._shared(count + 1, b.ids[lo]) if spec.uses_step else None)
             return
         kw["first"], kw["scratch"] = fresh, g
         kw.update(zip(keys, tensors))
@@ -659,7 +659,7 @@ class Engine:
             tensors = [st[k] for k in keys]
         if work.fused is not None and steps is None:
             steps = self._private_step(p, fresh)
-        count = self._shared(self.counts[id(p)]) if spec.uses_step else None
+        count = self._shared(self.counts[id(p)], id(p)) if spec.uses_step else None
         if _is_dtensor(p):
             # FSDP2/DTensor params: the update is elementwise, so each rank updates its local
             # shard (the state stays DTensor, as distributed checkpointing expects).

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import builtins
 import types
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import torch
 from torch import Tensor
@@ -346,10 +346,11 @@ class Call:
         written = [t for p, _, states, _ in items for t in (p, *states.values())]
         return Prepared(self._traced, tuple(self.numbers), boxes, firsts, calls, written)
 
-    def step_numbers(self, steps: Tensor, count: Optional[int], device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        """The numbers a kernel takes at this step. ``count`` is the host's count of the step
-        being taken: params with equal counts share their step's coefficients, computed once
-        per step instead of once per call."""
+    def step_numbers(self, steps: Tensor, count: Optional[Hashable], device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        """The numbers a kernel takes at this step. ``count`` names the step being taken (the
+        host's count, with the params' GradScaler history where histories differ): params with
+        equal ones share their step's coefficients, computed once per step instead of once per
+        call."""
         key = (count, device, dtype)
         scalars = self._per_count.get(key) if count is not None else None
         if scalars is None:
@@ -358,7 +359,7 @@ class Call:
                 self._per_count[key] = scalars
         return scalars
 
-    def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[int] = None) -> None:
+    def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[Hashable] = None) -> None:
         """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
         already advanced) are wound back where GradScaler found infs. ``count``: see
         ``step_numbers``."""
@@ -371,7 +372,7 @@ class Call:
         if found_inf is not None:
             steps.sub_(found_inf)
 
-    def per_tensor(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[int],
+    def per_tensor(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[Hashable],
                    scratch: Optional[Tensor]) -> None:
         """One large param, flattened in storage order when its layout allows (a grad of another
         layout is first copied into ``scratch``, which has p's strides), else through
@@ -411,7 +412,7 @@ class Prepared:
         return (call.grad_scale is None and call.found_inf is None and call._traced == self.traced
                 and tuple(call.numbers) == self.numbers)
 
-    def refresh(self, call: Call, count: Optional[int]) -> None:
+    def refresh(self, call: Call, count: Optional[Hashable]) -> None:
         """Load this step's numbers (``Call.step_numbers``); the step counters have been
         advanced."""
         for (device, dtype), box in self.boxes.items():
@@ -430,7 +431,7 @@ class Prepared:
         """Bump the version counters of what the calls wrote, as an in-place op would."""
         increment_version(self.written)
 
-    def __call__(self, call: Call, grads: list[Tensor], count: Optional[int]) -> None:
+    def __call__(self, call: Call, grads: list[Tensor], count: Optional[Hashable]) -> None:
         """Every call, with ``grads`` (1-D, in order), then the version bumps."""
         self.refresh(call, count)
         for i, g in enumerate(grads):
