@@ -411,10 +411,14 @@ class Engine:
             tags[id(p)] = hash((tags.get(id(p), 0), self._amp_steps))
         work.plan.direct = work.plan.launch = None
 
-    def _shared(self, count: int, pid: int) -> Hashable:
+    def _shared(self, count: int, pid: int) -> Optional[Hashable]:
         """What a fused step's numbers are shared under between params (``Call.step_numbers``):
         the host count, and once GradScaler steps have given params different histories, the
         param's history with it."""
+        if torch.compiler.is_compiling():
+            # Traced by dynamo (a user's torch.compile around step()): a host count used as a
+            # key would be guarded on and change every step; each call reads its own step.
+            return None
         return (count, self._amp_tags.get(pid, 0)) if self._amp_tags else count
 
     def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict, fused: Call) -> None:
