@@ -400,8 +400,9 @@ class Engine:
 
     def _tag_amp_step(self, work: _Work) -> None:
         """Record that the params of ``work`` took part in this GradScaler step (see
-        ``_amp_tags``); the large params' prepared calls share one step's numbers, so they are
-        dropped until every param has one history again."""
+        ``_amp_tags``). A step that some params sat out may split histories: the large params'
+        prepared calls share one step's numbers, so they are dropped until every param has one
+        history again (``_prepare_direct``)."""
         self._amp_steps += 1
         tags = self._amp_tags
         stepped = [p for p, _ in work.loose]
@@ -409,16 +410,13 @@ class Engine:
             stepped += b.params if work.whole else [p for _, p, _, _ in items]
         for p in stepped:
             tags[id(p)] = hash((tags.get(id(p), 0), self._amp_steps))
-        work.plan.direct = work.plan.launch = None
+        if not work.complete:
+            work.plan.direct = work.plan.launch = None
 
-    def _shared(self, count: int, pid: int) -> Optional[Hashable]:
+    def _shared(self, count: int, pid: int) -> Hashable:
         """What a fused step's numbers are shared under between params (``Call.step_numbers``):
         the host count, and once GradScaler steps have given params different histories, the
         param's history with it."""
-        if torch.compiler.is_compiling():
-            # Traced by dynamo (a user's torch.compile around step()): a host count used as a
-            # key would be guarded on and change every step; each call reads its own step.
-            return None
         return (count, self._amp_tags.get(pid, 0)) if self._amp_tags else count
 
     def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict, fused: Call) -> None:

@@ -351,6 +351,10 @@ class Call:
         host's count, with the params' GradScaler history where histories differ): params with
         equal ones share their step's coefficients, computed once per step instead of once per
         call."""
+        if torch.compiler.is_compiling():
+            # Traced by dynamo (a user's torch.compile around step()): a host count used as a
+            # key would be guarded on, and change, every step; each call reads its own step.
+            count = None
         key = (count, device, dtype)
         scalars = self._per_count.get(key) if count is not None else None
         if scalars is None:

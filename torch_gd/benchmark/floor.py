@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import optimizers
+from . import optimizers, sets
 
 _grad = operator.attrgetter("grad")
 
@@ -54,8 +54,6 @@ class Floor:
 def calls(optimizer: str, params: list[torch.nn.Parameter]) -> dict[str, Any]:
     """What ``benchmarks/floor.py`` times side by side: torch's fused step, ours, and the floor
     and its parts, each on its own copy of ``params`` and grads."""
-    from . import sets
-
     theirs = optimizers.build(optimizer, "torch fused", sets.clone(params))
     ours = optimizers.build(optimizer, "torch_gd fused", sets.clone(params))
     floor = Floor(optimizer, sets.clone(params))
