@@ -1,10 +1,13 @@
 """The benchmark harness (``python -m torch_gd.benchmark``) on tiny sets: its rows, ratios and
-files, the timers, and the measurements that run in a subprocess."""
+files, the sets and param-group layouts, the timers, and the measurements that run in a
+subprocess."""
 
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import re
 import shlex
 import sys
 import textwrap
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch_gd.benchmark import cli, isolated, measure, optimizers, progress, sets
+from torch_gd.benchmark import cli, groups, isolated, measure, optimizers, progress, sets
 from torch_gd.benchmark.run import Config, run
 from torch_gd.benchmark.timing import EventTimer, WallTimer, timer_for
 
@@ -24,8 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PREBUILT = ["torch-for-loop", "torch-foreach", "torch-fused", "torch_gd-default"]
 SHORT = ["--rounds", "3", "--steps-per-round", "2", "--no-memory", "--no-compile-time"]
 USER_MODULE = "bench_user_model"
+# Each small set's elements and the shape of one input it runs on.
+SMALL_SETS = {"mlp-policy": (84_488, (64,)), "lenet": (61_706, (1, 28, 28)), "mlp-layernorm": (102_410, (128,))}
 ROW_TYPES = {
-    "optimizer": str, "set": str, "tensors": int, "elements": int, "param_mb": float, "impl": str,
+    "optimizer": str, "set": str, "tensors": int, "elements": int, "param_mb": float, "groups": str,
+    "param_groups": int, "impl": str,
     "device": str, "dtype": str, "median_ms": float, "iqr_ms": float, "vs_torch_best": (float, type(None)),
     "vs_torch_best_eager": (float, type(None)), "bytes_per_step": int, "gb_per_s": float,
     "bandwidth_fraction": float, "peak_growth_mb": (float, type(None)), "first_step_s": (float, type(None)),
@@ -43,6 +49,21 @@ def tiny_run(tmp_path_factory):
     argv = ["--sets", "20x100", "--optimizers", "Adam", "SGD", "RMSprop", "--impls", *PREBUILT, *SHORT,
             "--out", str(out)]
     return cli.main(argv), argv, out
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    """GPT-2 small's param names and element count, built once (not its 0.5 GB of tensors)."""
+    named = sets.named("gpt2-small")
+    return [n for n, _ in named], sum(t.numel() for _, t in named)
+
+
+@pytest.fixture(scope="module")
+def layout_sets():
+    """The names and tensors of sets the layouts are checked on: the small models, NxM (no
+    named blocks), resnet18."""
+    pytest.importorskip("torchvision")
+    return {name: tuple(zip(*sets.named(name))) for name in (*sets.SMALL, "30x5", "resnet18")}
 
 
 @pytest.fixture
@@ -68,10 +89,10 @@ def user_module(tmp_path, monkeypatch):
     return USER_MODULE
 
 
-def _groups(rows):
+def _by_case(rows):
     by_case = defaultdict(dict)
     for r in rows:
-        by_case[r["optimizer"], r["set"]][r["impl"]] = r
+        by_case[r["optimizer"], r["set"], r["groups"]][r["impl"]] = r
     return by_case
 
 
@@ -96,7 +117,7 @@ def test_json_has_meta_and_typed_rows(tiny_run):
 
 
 def test_ratios_are_the_runs_own_medians(tiny_run):
-    for (optimizer, _), impls in _groups(tiny_run[0]["rows"]).items():
+    for (optimizer, _, _), impls in _by_case(tiny_run[0]["rows"]).items():
         eager = min(impls[i]["median_ms"] for i in optimizers.TORCH_EAGER)
         best = min(impls[i]["median_ms"] for i in optimizers.TORCH if i in impls)
         for r in impls.values():
@@ -144,7 +165,7 @@ def test_runs_without_matplotlib_and_tqdm(tmp_path, monkeypatch, capsys):
     cli.main(["--sets", "10x10", "--optimizers", "SGD", "--impls", *PREBUILT, *SHORT, "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "matplotlib not installed: no PNG (pip install torch_gd[plot])" in printed
-    assert "tqdm not installed" in printed and "[2/2] SGD 10x10 step time" in printed
+    assert "tqdm not installed" in printed and "[2/2] SGD 10x10 groups=one step time" in printed
     assert not (tmp_path / "cpu_fp32.png").exists() and (tmp_path / "cpu_fp32.json").exists()
 
 
@@ -180,12 +201,29 @@ def test_a_users_set_through_its_import_path(user_module, tmp_path, capsys):
     assert f"{user_module}:model" in printed and "no PNG" in printed
 
 
-def test_sets_build_the_same_tensors_every_time(user_module):
+def test_sets_build_the_same_tensors_every_time(user_module, gpt2):
     first, again = sets.build(f"{user_module}:tensors"), sets.build(f"{user_module}:tensors")
     assert [t.shape for t in first] == [(5,), (3, 3)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert [t.shape for t in sets.build("3x7")] == [(7,)] * 3
-    assert sum(t.numel() for t in sets.build("gpt2-small")) == 124_439_808
+    assert gpt2[1] == 124_439_808
+
+
+def test_sets_name_their_params(user_module, gpt2):
+    assert [n for n, _ in sets.named(f"{user_module}:model")] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [n for n, _ in sets.named(f"{user_module}:tensors")] == ["t0", "t1"]
+    assert [n for n, _ in sets.named("3x7")] == ["t0", "t1", "t2"]
+    names = gpt2[0]
+    assert len(names) == 148 and names[:3] == ["wte.weight", "wpe.weight", "h.0.ln_1.weight"]
+    assert names[-3:] == ["h.11.mlp.c_proj.bias", "ln_f.weight", "ln_f.bias"]
+
+
+@pytest.mark.parametrize("name", sets.SMALL)
+def test_small_sets_are_models_of_their_stated_size(name):
+    elements, input_shape = SMALL_SETS[name]
+    assert sets.check(name) == name
+    assert sum(t.numel() for t in sets.build(name)) == elements and 5_000 <= elements <= 300_000
+    assert sets.SMALL_MODELS[name]()(torch.randn(2, *input_shape)).shape[0] == 2
 
 
 @pytest.mark.parametrize("name", ["resnet7", f"{USER_MODULE}:missing", "no_such_module_here:build"])
@@ -201,6 +239,94 @@ def test_a_builder_must_return_a_module_or_tensors(user_module):
         sets.build(f"{user_module}:nothing")
 
 
+@pytest.mark.parametrize("optimizer", ["AdamW", "SGD"])
+@pytest.mark.parametrize("kind", groups.LAYOUTS)
+def test_each_layout_puts_every_param_in_exactly_one_group(kind, optimizer, layout_sets):
+    decay = optimizers.OPTIMIZERS[optimizer].kwargs.get("weight_decay", groups.WEIGHT_DECAY)
+    for names, tensors in layout_sets.values():
+        layout = groups.layout(kind, optimizer, names, tensors)
+        assert sorted(i for g in layout for i in g.indices) == list(range(len(tensors)))
+        assert all(g.indices for g in layout)
+        if kind == "one":
+            assert layout == [groups.Group(tuple(range(len(tensors))), {})]
+        if kind == "two":
+            for g in layout:
+                assert g.options == {"weight_decay": decay if tensors[g.indices[0]].ndim >= 2 else 0.0}
+                assert len({tensors[i].ndim >= 2 for i in g.indices}) == 1
+        if kind == "tensor":
+            assert len(layout) == len(tensors)
+
+
+def _resnet18_depth(name):
+    """conv1/bn1 0, the blocks layer1.0 … layer4.1 1 … 8, fc 9."""
+    block = re.match(r"layer(\d)\.(\d)\.", name)
+    return 1 + 2 * (int(block[1]) - 1) + int(block[2]) if block else 9 * name.startswith("fc")
+
+
+def test_block_depths_follow_the_models_blocks(layout_sets, gpt2):
+    torchvision = pytest.importorskip("torchvision")
+    resnet = layout_sets["resnet18"][0]
+    assert groups.depths(resnet) == [_resnet18_depth(n) for n in resnet]
+    # torchvision's ViT-B/16 names, 3 layers of a tiny width: encoder_layer_N is N+1.
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=3, num_heads=2,
+                                               hidden_dim=8, mlp_dim=16)
+    vit_names = [n for n, _ in vit.named_parameters()]
+    layer = [re.search(r"encoder_layer_(\d+)\.", n) for n in vit_names]
+    assert groups.depths(vit_names) == [int(m[1]) + 1 if m else 4 * n.startswith(("encoder.ln", "heads"))
+                                        for m, n in zip(layer, vit_names)]
+    block = [re.match(r"h\.(\d+)\.", n) for n in gpt2[0]]
+    assert groups.depths(gpt2[0]) == [int(m[1]) + 1 if m else 13 * n.startswith("ln_f")
+                                      for m, n in zip(block, gpt2[0])]
+    assert groups.depths(layout_sets["mlp-layernorm"][0]) == [0] * 4 + [1] * 4 + [2] * 2
+    # No named blocks: 12 chunks of consecutive tensors, or one a tensor.
+    assert groups.depths(layout_sets["30x5"][0]) == [i * 12 // 30 for i in range(30)]
+    assert groups.depths(["t0", "t1", "t2"]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("optimizer", ["AdamW", "SGD"])
+def test_block_lrs_decay_by_0_8_a_block(optimizer, layout_sets):
+    names, tensors = layout_sets["resnet18"]
+    layout = groups.layout("block", optimizer, names, tensors)
+    lr = optimizers.OPTIMIZERS[optimizer].kwargs["lr"]
+    assert [g.options for g in layout] == [{"lr": pytest.approx(lr * 0.8**d)} for d in range(10)]
+    depths = groups.depths(names)
+    assert [{depths[i] for i in g.indices} for g in layout] == [{d} for d in range(10)]
+    by_param = dict(sorted((i, g.options["lr"]) for g in layout for i in g.indices))
+    assert list(by_param.values()) == sorted(by_param.values(), reverse=True), "lr falls from stem to head"
+
+
+@pytest.mark.parametrize("kind", groups.LAYOUTS)
+def test_torch_and_torch_gd_take_each_layout_alike(kind):
+    """Every implementation builds with the layout's groups (torch fused: every group fused) and
+    one step puts the params where torch's for-loop does."""
+    names, params = sets.named_parameters("mlp-layernorm", "cpu", torch.float32)
+    layout = groups.layout(kind, "SGD", names, params)
+    stepped = {}
+    for impl in optimizers.IMPLS:
+        opt = optimizers.build("SGD", impl, groups.apply(layout, sets.clone(params)))
+        opt.step()
+        assert [len(g["params"]) for g in opt.param_groups] == [len(g.indices) for g in layout]
+        assert all(og[k] == v for og, g in zip(opt.param_groups, layout) for k, v in g.options.items())
+        assert all(og.get("fused") for og in opt.param_groups) == impl.endswith("fused")
+        stepped[impl] = [p.detach() for g in opt.param_groups for p in g["params"]]
+    for impl, values in stepped.items():
+        for got, want in zip(values, stepped["torch for-loop"]):
+            torch.testing.assert_close(got, want, msg=impl)
+
+
+def test_a_run_times_each_layout_against_torch_with_the_same_groups(tmp_path, capsys):
+    result = cli.main(["--sets", "mlp-policy", "--groups", "two", "tensor", "--optimizers", "SGD", "--impls",
+                       *PREBUILT, *SHORT, "--out", str(tmp_path)])
+    by_case = _by_case(result["rows"])
+    assert set(by_case) == {("SGD", "mlp-policy", "two"), ("SGD", "mlp-policy", "tensor")}
+    for (_, _, kind), impls in by_case.items():
+        assert len(impls) == 4 and {r["param_groups"] for r in impls.values()} == {2 if kind == "two" else 6}
+        best = min(impls[i]["median_ms"] for i in optimizers.TORCH)
+        for r in impls.values():
+            assert r["vs_torch_best"] == pytest.approx(r["median_ms"] / best, rel=1e-12)
+    assert "mlp-policy  two" in capsys.readouterr().out
+
+
 def test_quick_changes_only_the_defaults():
     def config(*argv):
         return cli.config(cli.parser().parse_args(argv))
@@ -211,6 +337,7 @@ def test_quick_changes_only_the_defaults():
     assert (asked.memory, asked.compile_time, asked.rounds, asked.impls) == (True, False, 5, ["torch_gd fused"])
     full = config()
     assert (full.sets, full.memory, full.compile_time, full.rounds) == (sets.DEFAULT, True, True, 7)
+    assert full.groups == ["one"]
 
 
 class FakeEvent:
@@ -278,21 +405,25 @@ class FakePeak:
 
 
 def test_in_process_peak_memory_reports_the_probes_growth():
-    case = {"optimizer": "SGD", "set": "2x10", "impl": "torch for-loop", "device": "cpu", "dtype": "fp32"}
+    case = {"optimizer": "SGD", "set": "2x10", "groups": "one", "impl": "torch for-loop", "device": "cpu",
+            "dtype": "fp32"}
     assert isolated.measure_peak(case, FakePeak()) == {"peak_growth_mb": 3.0}
 
 
 def test_peak_memory_in_a_subprocess_sees_adams_state(user_module):
     # The child finds the user's set through the parent's sys.path.
-    case = {"optimizer": "Adam", "set": f"{user_module}:big", "impl": "torch for-loop", "device": "cpu",
-            "dtype": "fp32"}
+    case = {"optimizer": "Adam", "set": f"{user_module}:big", "groups": "one", "impl": "torch for-loop",
+            "device": "cpu", "dtype": "fp32"}
     param_mb = 4 * 250_000 * 4 / 2**20
     # Adam keeps two param-sized moments.
     assert isolated.peak_memory(case)["peak_growth_mb"] >= 2 * param_mb * 0.95
 
 
 def test_first_steps_in_a_subprocess():
-    case = {"optimizer": "SGD", "set": "5x10", "impl": "torch_gd default", "device": "cpu", "dtype": "fp32"}
+    case = {"optimizer": "SGD", "set": "5x10", "groups": "block", "impl": "torch_gd default", "device": "cpu",
+            "dtype": "fp32"}
+    # The child builds the groups the timed run does: one a tensor here, lr·0.8^depth.
+    assert [g["lr"] for g in isolated.param_groups(case)] == pytest.approx([1e-2 * 0.8**d for d in range(5)])
     times = isolated.cold_first_step(case)
     assert set(times) == {"first_step_s", "second_step_ms"} and all(t > 0 for t in times.values())
 
@@ -326,12 +457,17 @@ def test_the_floor_takes_torchs_fused_step(optimizer):
         torch.testing.assert_close(got, p.detach())
 
 
-def test_floor_script_records_every_part_against_torch_fused(tmp_path):
+def _script(name):
+    """``benchmarks/NAME.py`` as a module."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import floor as script
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def test_floor_script_records_every_part_against_torch_fused(tmp_path):
+    script = _script("floor")
     out = tmp_path / "floor.json"
     result = script.main(["--sets", "20x100", "--optimizers", "SGD", "--rounds", "2", "--json", str(out)])
     assert json.loads(out.read_text()) == result
@@ -341,3 +477,17 @@ def test_floor_script_records_every_part_against_torch_fused(tmp_path):
     assert rows["torch fused"]["vs_torch_fused"] == 1
     for r in rows.values():
         assert r["median_ms"] > 0 and r["vs_torch_fused"] == pytest.approx(r["median_ms"] / rows["torch fused"]["median_ms"])
+
+
+def test_fixed_cost_script_records_small_sets_and_layouts(tmp_path, capsys):
+    script = _script("fixed_cost")
+    out = tmp_path / "fixed_cost.json"
+    result = script.main(["--rounds", "1", "--steps-per-round", "1", "--optimizers", "SGD", "--small-sets",
+                          "mlp-policy", "--group-sets", "lenet", "--groups", "tensor", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert {(r["set"], r["groups"], r["impl"]) for r in result["rows"]} == {
+        ("mlp-policy", "one", i) for i in optimizers.IMPLS} | {
+        ("lenet", kind, i) for kind in ("one", "tensor") for i in script.GROUP_IMPLS}
+    assert [t["set"] for t in result["triad"]] == ["mlp-policy", "lenet"]
+    printed = capsys.readouterr().out
+    assert "/torch fused" in printed and "/one group" in printed and str(out) in printed

@@ -1,6 +1,8 @@
 """The benchmark harness, ``python -m torch_gd.benchmark`` (``cli.main``).
 
-- ``sets``: parameter sets (torchvision models, GPT-2 small, NxM, a user's import path);
+- ``sets``: named parameter sets (torchvision models, GPT-2 small, small models, NxM, a user's
+  import path);
+- ``groups``: param-group layouts (one, two, block, tensor) every implementation is built with;
 - ``optimizers``: the optimizers and implementations compared, and bytes a step moves;
 - ``timing``: timers behind one interface, wall clock on the CPU and CUDA events on CUDA;
 - ``measure``: interleaved step timing and the triad bandwidth;

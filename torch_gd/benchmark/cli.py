@@ -4,6 +4,7 @@ torch_gd's optimizers against torch.optim's, side by side on one device.
     python -m torch_gd.benchmark --quick     # seconds (the first run compiles the fused kernels)
     python -m torch_gd.benchmark             # every set, optimizer and implementation: long
     python -m torch_gd.benchmark --sets resnet50 my.models:build --optimizers Adam --dtype bf16
+    python -m torch_gd.benchmark --sets lenet mlp-policy --groups one two block tensor
 
 Prints a table and writes JSON, CSV and (with matplotlib) a PNG into --out.
 """
@@ -18,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from . import report, sets
+from . import groups, report, sets
 from .optimizers import IMPLS, OPTIMIZERS
 from .run import Config, run
 
@@ -53,10 +54,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", choices=sets.DTYPES, default="fp32", help="of params and grads")
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
     ap.add_argument("--sets", "--set", nargs="+", type=_checked(sets.check), metavar="SET",
-                    help=f"{', '.join(sets.DEFAULT)}, NxM (N tensors of M elements) or package.module:function "
-                         "returning an nn.Module or an iterable of params (default: all named ones)")
+                    help=f"{', '.join(sets.NAMED)}, NxM (N tensors of M elements) or package.module:function "
+                         f"returning an nn.Module or an iterable of params (default: {', '.join(sets.DEFAULT)})")
     ap.add_argument("--impls", nargs="+", type=_checked(_impl), default=list(IMPLS), metavar="IMPL",
                     help=", ".join(i.replace(" ", "-") for i in IMPLS))
+    ap.add_argument("--groups", nargs="+", choices=groups.LAYOUTS, default=["one"],
+                    help="param-group layouts, each timed for every implementation: one group; two (weight decay "
+                         "on params with ndim >= 2 only); block (a group per block, lr*0.8^depth); tensor (a group "
+                         "per tensor) (default: one)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds; the median over them is reported (default 7)")
     ap.add_argument("--steps-per-round", type=int, help="steps a round takes the median of (default 3)")
     ap.add_argument("--quick", action="store_true",
@@ -77,7 +82,8 @@ def config(args: argparse.Namespace) -> Config:
         raise SystemExit("--device cuda: CUDA is not available here")
     given = {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
     chosen = {**(QUICK if args.quick else FULL), **given}
-    return Config(optimizers=args.optimizers, impls=args.impls, device=args.device, dtype=args.dtype, **chosen)
+    return Config(optimizers=args.optimizers, impls=args.impls, groups=args.groups, device=args.device,
+                  dtype=args.dtype, **chosen)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Measurements that need a process of their own: the peak memory of a step on the CPU, and
 the cold first step of a compiled implementation.
 
-A case is a dict of ``optimizer``, ``set``, ``impl``, ``device`` and ``dtype`` (a key of
-``sets.DTYPES``). The parent runs ``python -m torch_gd.benchmark._child TASK CASE`` with its own
-``sys.path``, so the child imports the same torch_gd and finds a user's set; the child prints
-its result as one JSON line.
+A case is a dict of ``optimizer``, ``set``, ``groups`` (a param-group layout, built here as in
+the timed run), ``impl``, ``device`` and ``dtype`` (a key of ``sets.DTYPES``). The parent runs
+``python -m torch_gd.benchmark._child TASK CASE`` with its own ``sys.path``, so the child
+imports the same torch_gd and finds a user's set; the child prints its result as one JSON
+line.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from . import optimizers, sets
+from . import groups, optimizers, sets
 from .timing import timer_for
 
 STEPS = 3
@@ -74,17 +75,20 @@ class CudaPeak:
         return torch.cuda.max_memory_allocated() - self.base
 
 
-def _params(case: dict[str, Any]) -> list[torch.nn.Parameter]:
-    return sets.parameters(sets.build(case["set"]), case["device"], sets.DTYPES[case["dtype"]])
+def param_groups(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """The case's params on its device and dtype, in its param groups, as the timed run builds
+    them."""
+    names, params = sets.named_parameters(case["set"], case["device"], sets.DTYPES[case["dtype"]])
+    return groups.apply(groups.layout(case["groups"], case["optimizer"], names, params), params)
 
 
 def measure_peak(case: dict[str, Any], probe: PeakMemory) -> dict[str, float]:
     """Growth of the peak memory over params and grads while building the optimizer and taking
     3 steps (state, temporaries, scratch), in MB."""
     optimizers.rehearse(case["optimizer"], case["impl"], case["device"], sets.DTYPES[case["dtype"]])
-    params = _params(case)
+    grouped = param_groups(case)
     probe.reset()
-    opt = optimizers.build(case["optimizer"], case["impl"], params)
+    opt = optimizers.build(case["optimizer"], case["impl"], grouped)
     for _ in range(STEPS):
         opt.step()
     return {"peak_growth_mb": probe.growth() / 2**20}
@@ -92,7 +96,7 @@ def measure_peak(case: dict[str, Any], probe: PeakMemory) -> dict[str, float]:
 
 def first_steps(case: dict[str, Any]) -> dict[str, float]:
     """The first step's seconds (compiles, if the implementation does) and the second's ms."""
-    opt = optimizers.build(case["optimizer"], case["impl"], _params(case))
+    opt = optimizers.build(case["optimizer"], case["impl"], param_groups(case))
     timer = timer_for(case["device"])
     first = timer.seconds(opt.step)
     return {"first_step_s": first, "second_step_ms": timer.seconds(opt.step) * 1e3}

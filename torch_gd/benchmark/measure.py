@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import optimizers, sets
+from .groups import Group, apply
 from .timing import Timer
 
 WARMUP = 2
@@ -45,10 +46,11 @@ def interleaved(calls: dict[str, Callable[[], Any]], timer: Timer, rounds: int, 
     return {name: summarize(ts) for name, ts in per_name.items()}
 
 
-def step_times(optimizer: str, impls: Sequence[str], params: list[torch.nn.Parameter], timer: Timer,
-               rounds: int, per_round: int) -> dict[str, Timing]:
-    """The step time of each implementation, each on its own copy of ``params`` and grads."""
-    opts = {impl: optimizers.build(optimizer, impl, sets.clone(params)) for impl in impls}
+def step_times(optimizer: str, impls: Sequence[str], params: list[torch.nn.Parameter], layout: Sequence[Group],
+               timer: Timer, rounds: int, per_round: int) -> dict[str, Timing]:
+    """The step time of each implementation, each on its own copy of ``params`` and grads,
+    grouped as ``layout``."""
+    opts = {impl: optimizers.build(optimizer, impl, apply(layout, sets.clone(params))) for impl in impls}
     return interleaved({impl: opt.step for impl, opt in opts.items()}, timer, rounds, per_round)
 
 

@@ -50,8 +50,11 @@ TORCH = (*TORCH_EAGER, "torch fused")
 COMPILED = ("torch_gd fused",)
 
 
-def build(optimizer: str, impl: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """``optimizer`` over ``params`` as implementation ``impl`` would run it."""
+def build(optimizer: str, impl: str,
+          params: list[torch.nn.Parameter] | list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """``optimizer`` over ``params`` (or param-group dicts) as implementation ``impl`` would run
+    it. The benchmark hyperparameters and the implementation's flags are defaults, so every
+    group inherits them: torch's fused step needs every group fused."""
     spec, how = OPTIMIZERS[optimizer], IMPLS[impl]
     cls = spec.theirs if how.library == "torch" else spec.ours
     return cls(params, **spec.kwargs, **how.flags)

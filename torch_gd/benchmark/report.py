@@ -11,6 +11,7 @@ from typing import Any, Optional
 COLUMNS = [
     ("optimizer", "optimizer", "{}"),
     ("set", "set", "{}"),
+    ("groups", "groups", "{}"),
     ("impl", "impl", "{}"),
     ("ms", "median_ms", "{:.3g}"),
     ("IQR", "iqr_ms", "{:.2g}"),
@@ -21,14 +22,16 @@ COLUMNS = [
     ("peak +MB", "peak_growth_mb", "{:.3g}"),
     ("1st step s", "first_step_s", "{:.1f}"),
 ]
-_TEXT = 3
+_TEXT = 4
+# The leading columns, each shown only where it or one before it changes: each case reads as a block.
+_BLOCKS = ("optimizer", "set", "groups")
 
 
 def _cells(row: dict[str, Any], previous: Optional[dict[str, Any]]) -> list[str]:
     cells = ["—" if row[key] is None else fmt.format(row[key]) for _, key, fmt in COLUMNS]
-    # Optimizer and set only where they change, so each group reads as a block.
-    if previous is not None and (previous["optimizer"], previous["set"]) == (row["optimizer"], row["set"]):
-        cells[:2] = ["", ""]
+    if previous is not None:
+        same = next((k for k, key in enumerate(_BLOCKS) if previous[key] != row[key]), len(_BLOCKS))
+        cells[:same] = [""] * same
     return cells
 
 
@@ -43,14 +46,14 @@ def _header(result: dict[str, Any]) -> list[str]:
 
 def table(result: dict[str, Any]) -> str:
     """The run as text: where it ran, each set's size and triad bandwidth, then a line per
-    optimizer × set × implementation."""
+    optimizer × set × param-group layout × implementation."""
     rows = result["rows"]
     body = [[h for h, _, _ in COLUMNS]] + [_cells(r, p) for r, p in zip(rows, [None, *rows])]
     widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
     lines = _header(result) + ["  ".join(c.ljust(w) if i < _TEXT else c.rjust(w)
                                          for i, (c, w) in enumerate(zip(line, widths))) for line in body]
     lines.append("/torch best, /torch eager: step time over torch's best implementation (fused where it has one) "
-                 "and over its faster eager one; below 1 is faster than torch.")
+                 "and over its faster eager one, with the same param groups; below 1 is faster than torch.")
     return "\n".join(lines)
 
 
@@ -68,7 +71,8 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_png(path: Path, result: dict[str, Any]) -> Optional[str]:
     """Bar charts of each implementation's step time over torch's best, a panel per optimizer
-    with a group of bars per set (log scale); or, if it cannot be drawn, why not."""
+    with a group of bars per set (per set and param-group layout where the run timed several;
+    log scale); or, if it cannot be drawn, why not."""
     try:
         from matplotlib.figure import Figure
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -77,9 +81,11 @@ def write_png(path: Path, result: dict[str, Any]) -> Optional[str]:
     rows = [r for r in result["rows"] if r["vs_torch_best"] is not None]
     if not rows:
         return "no PNG: the run did not measure all of torch's implementations, so there are no ratios"
-    names = {key: list(dict.fromkeys(r[key] for r in rows)) for key in ("optimizer", "set", "impl")}
+    several = len({r["groups"] for r in rows}) > 1
+    rows = [{**r, "case": f"{r['set']}\ngroups={r['groups']}" if several else r["set"]} for r in rows]
+    names = {key: list(dict.fromkeys(r[key] for r in rows)) for key in ("optimizer", "case", "impl")}
     width = 0.8 / len(names["impl"])
-    fig = Figure(figsize=(max(7.0, 1.2 * len(names["set"]) + 2), 2.4 * len(names["optimizer"]) + 1),
+    fig = Figure(figsize=(max(7.0, 1.2 * len(names["case"]) + 2), 2.4 * len(names["optimizer"]) + 1),
                  layout="constrained")
     axes = fig.subplots(len(names["optimizer"]), 1, sharey=True, squeeze=False)[:, 0]
     for ax, optimizer in zip(axes, names["optimizer"]):
@@ -87,14 +93,14 @@ def write_png(path: Path, result: dict[str, Any]) -> Optional[str]:
             mine = [r for r in rows if (r["optimizer"], r["impl"]) == (optimizer, impl)]
             if not mine:
                 continue
-            ax.bar([names["set"].index(r["set"]) + (k - (len(names["impl"]) - 1) / 2) * width for r in mine],
+            ax.bar([names["case"].index(r["case"]) + (k - (len(names["impl"]) - 1) / 2) * width for r in mine],
                    [r["vs_torch_best"] for r in mine], width, label=impl, color=f"C{k}")
         ax.axhline(1, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticks(range(len(names["set"])), names["set"])
+        ax.set_xticks(range(len(names["case"])), names["case"])
         ax.set_ylabel(f"{optimizer}\nstep time / torch best")
     # One legend for all panels: an optimizer torch cannot fuse has fewer bars.
     handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}

@@ -1,5 +1,6 @@
-"""One benchmark run: every optimizer × parameter set × implementation on one device and
-dtype, as rows with ratios against torch and achieved bandwidth, plus one triad per set."""
+"""One benchmark run: every optimizer × parameter set × param-group layout × implementation on
+one device and dtype, as rows with ratios against torch and achieved bandwidth, plus one triad
+per set."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import torch
 
 import torch_gd
 
-from . import isolated, measure, optimizers, sets
+from . import groups, isolated, measure, optimizers, sets
 from .optimizers import COMPILED, IMPLS, OPTIMIZERS, TORCH, TORCH_EAGER
 from .progress import Progress, progress
 from .timing import timer_for
 
-CASE_KEYS = ("optimizer", "set", "impl", "device", "dtype")
+CASE_KEYS = ("optimizer", "set", "groups", "impl", "device", "dtype")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Config:
     optimizers: Sequence[str] = tuple(OPTIMIZERS)
     sets: Sequence[str] = sets.DEFAULT
     impls: Sequence[str] = tuple(IMPLS)
+    groups: Sequence[str] = ("one",)
     device: str = "cpu"
     dtype: str = "fp32"
     rounds: int = 7
@@ -41,15 +43,16 @@ class Config:
 
 def run(config: Config, command: str = "", make_progress: Callable[[int], Progress] = progress) -> dict[str, Any]:
     """Measure ``config``. Returns ``meta`` (versions, machine, ``command``, what was skipped),
-    ``rows`` (one per optimizer × set × implementation) and ``triad`` (one per set)."""
+    ``rows`` (one per optimizer × set × param-group layout × implementation) and ``triad`` (one
+    per set)."""
     missing = {opt: _missing(opt, config) for opt in config.optimizers}
     notes = [f"skipped {impl} for {opt}: {why}" for opt, m in missing.items() for impl, why in m.items()
              if impl in config.impls]
     notes += _busy()
     print(*notes, sep="\n", end="\n" if notes else "")
     impls = {opt: [i for i in config.impls if i not in missing[opt]] for opt in config.optimizers}
-    per_set = 1 + len(config.optimizers) + sum(
-        config.memory + (config.compile_time and i in COMPILED) for v in impls.values() for i in v)
+    per_set = 1 + len(config.groups) * (len(config.optimizers) + sum(
+        config.memory + (config.compile_time and i in COMPILED) for v in impls.values() for i in v))
     bar = make_progress(len(config.sets) * per_set)
     try:
         rows, triads = _timed(config, impls, bar)
@@ -85,7 +88,7 @@ def _timed(config: Config, impls: dict[str, list[str]], bar: Progress) -> tuple[
     timer, dtype = timer_for(config.device), sets.DTYPES[config.dtype]
     rows, triads = [], []
     for set_name in config.sets:
-        params = sets.parameters(sets.build(set_name), config.device, dtype)
+        names, params = sets.named_parameters(set_name, config.device, dtype)
         size = {"set": set_name, "tensors": len(params), "elements": sum(p.numel() for p in params),
                 "param_mb": sum(p.numel() * p.element_size() for p in params) / 2**20}
         with bar.case(f"{set_name} triad"):
@@ -93,14 +96,17 @@ def _timed(config: Config, impls: dict[str, list[str]], bar: Progress) -> tuple[
         triads.append(_with_bandwidth({**size, "median_ms": t.median_ms, "iqr_ms": t.iqr_ms},
                                       measure.TRIAD_TENSORS * dtype.itemsize))
         for optimizer in config.optimizers:
-            with bar.case(f"{optimizer} {set_name} step time"):
-                timings = measure.step_times(optimizer, impls[optimizer], params, timer, config.rounds,
-                                             config.steps_per_round)
-            rows += [_row(optimizer, impl, size, t, config) for impl, t in timings.items()]
-            # The case's optimizers, torch's and ours, sit in reference cycles (torch's step
-            # wrappers): free them now, not whenever the cycle collector next runs, or five
-            # copies of GPT-2's state pile up on the previous set's (24 GB here, OOM-killed).
-            gc.collect()
+            for kind in config.groups:
+                layout = groups.layout(kind, optimizer, names, params)
+                with bar.case(f"{optimizer} {set_name} groups={kind} step time"):
+                    timings = measure.step_times(optimizer, impls[optimizer], params, layout, timer,
+                                                 config.rounds, config.steps_per_round)
+                grouped = {**size, "groups": kind, "param_groups": len(layout)}
+                rows += [_row(optimizer, impl, grouped, t, config) for impl, t in timings.items()]
+                # The case's optimizers, torch's and ours, sit in reference cycles (torch's step
+                # wrappers): free them now, not whenever the cycle collector next runs, or five
+                # copies of GPT-2's state pile up on the previous set's (24 GB here, OOM-killed).
+                gc.collect()
         del params
     rows.sort(key=lambda r: config.optimizers.index(r["optimizer"]))
     return rows, triads
@@ -112,8 +118,8 @@ def _with_bandwidth(row: dict[str, Any], bytes_per_element: int) -> dict[str, An
             "bandwidth_fraction": None}
 
 
-def _row(optimizer: str, impl: str, size: dict[str, Any], t: measure.Timing, config: Config) -> dict[str, Any]:
-    row = {"optimizer": optimizer, **size, "impl": impl, "device": config.device, "dtype": config.dtype,
+def _row(optimizer: str, impl: str, case: dict[str, Any], t: measure.Timing, config: Config) -> dict[str, Any]:
+    row = {"optimizer": optimizer, **case, "impl": impl, "device": config.device, "dtype": config.dtype,
            "median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "vs_torch_best": None, "vs_torch_best_eager": None}
     row = _with_bandwidth(row, optimizers.bytes_per_element(optimizer, sets.DTYPES[config.dtype]))
     return {**row, "peak_growth_mb": None, "first_step_s": None, "second_step_ms": None}
@@ -131,7 +137,7 @@ def _isolated(rows: list[dict], config: Config, bar: Progress, notes: list[str])
 
 def _isolated_case(row: dict[str, Any], what: str, fn: Callable[[dict], dict], bar: Progress, notes: list[str]) -> None:
     # A failed child becomes a note rather than the end of a long run.
-    with bar.case(f"{row['optimizer']} {row['set']} {row['impl']} {what}"):
+    with bar.case(f"{row['optimizer']} {row['set']} groups={row['groups']} {row['impl']} {what}"):
         try:
             row.update(fn({k: row[k] for k in CASE_KEYS}))
         except RuntimeError as e:
@@ -139,18 +145,20 @@ def _isolated_case(row: dict[str, Any], what: str, fn: Callable[[dict], dict], b
             bar.note(notes[-1])
 
 
-def _best(medians: dict[tuple, float], optimizer: str, set_name: str, impls: Sequence[str]) -> Optional[float]:
-    found = [medians.get((optimizer, set_name, i)) for i in impls]
+def _best(medians: dict[tuple, float], case: tuple, impls: Sequence[str]) -> Optional[float]:
+    found = [medians.get((*case, i)) for i in impls]
     return min(found) if found and None not in found else None
 
 
 def _add_ratios(rows: list[dict], torch_has: dict[str, list[str]]) -> None:
     """Each row's median over the median of torch's best implementation and of its faster eager
-    one, from the same rows; None where the run did not measure all of those."""
-    medians = {(r["optimizer"], r["set"], r["impl"]): r["median_ms"] for r in rows}
+    one with the same param groups, from the same rows; None where the run did not measure all
+    of those."""
+    medians = {(r["optimizer"], r["set"], r["groups"], r["impl"]): r["median_ms"] for r in rows}
     for r in rows:
+        case = (r["optimizer"], r["set"], r["groups"])
         for key, impls in (("vs_torch_best", torch_has[r["optimizer"]]), ("vs_torch_best_eager", TORCH_EAGER)):
-            best = _best(medians, r["optimizer"], r["set"], impls)
+            best = _best(medians, case, impls)
             r[key] = None if best is None else r["median_ms"] / best
 
 
