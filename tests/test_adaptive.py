@@ -74,10 +74,12 @@ def test_adamw_keeps_decoupled_decay_after_loading_an_adam_checkpoint(foreach):
     p.grad = torch.ones(3)
     adam.step()
     opt = torch_gd.AdamW([q], lr=0.1, weight_decay=0.1, foreach=foreach)
-    opt.load_state_dict(adam.state_dict())
+    # Copies: loading shares the source's state tensors (in torch too), and both steps below
+    # would update them.
+    opt.load_state_dict(copy.deepcopy(adam.state_dict()))
     assert opt.param_groups[0]["decoupled_weight_decay"] is True
     ref = torch.optim.AdamW([torch.nn.Parameter(q.detach().clone())], lr=0.1, weight_decay=0.1)
-    ref.load_state_dict(adam.state_dict())
+    ref.load_state_dict(copy.deepcopy(adam.state_dict()))
     q.grad = ref.param_groups[0]["params"][0].grad = torch.ones(3)
     opt.step(), ref.step()
     assert_params_close([q], ref.param_groups[0]["params"], rtol=0, atol=0)

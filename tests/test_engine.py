@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import torch_gd
-from torch_gd import _engine
+from torch_gd import _engine, _private
 
 from .helpers import assert_params_close, assert_state_close, pack_max_numel
 
@@ -247,14 +247,14 @@ def test_chunked_buckets_and_address_copies_follow_torch(fused, contiguous, monk
         assert_params_close(ours, theirs, **tol)
         assert_state_close(a, b, **tol)
         assert all((p._version > v) == (p.grad is not None) for p, v in zip(ours, versions))
-    bucket = a._engine._plans[0].buckets[0]
-    assert len(bucket.chunks) >= 5
-    uses_addresses = fused and contiguous
-    assert (bucket.scatter is not None and bucket.scatter is not False) == uses_addresses
+    bucket = a.describe()["groups"][0]["buckets"][0]
+    assert bucket["chunks"] >= 5
+    uses_addresses = fused and contiguous and _private.enabled()
+    assert (bucket["copies"] == "addresses") == uses_addresses
 
 
 def test_without_a_compiler_for_the_copy_loop_buckets_copy_per_tensor(monkeypatch):
-    monkeypatch.setattr(torch_gd._scatter, "_compiled", lambda: None)
+    monkeypatch.setattr(torch_gd._scatter, "_compiled", lambda enabled: None)
     ours, theirs = _mixed()[:-1], _mixed()[:-1]
     a = torch_gd.SGD(ours, lr=0.1, momentum=0.9, fused=True)
     b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, foreach=False)
@@ -262,7 +262,7 @@ def test_without_a_compiler_for_the_copy_loop_buckets_copy_per_tensor(monkeypatc
         _grads(ours, step), _grads(theirs, step)
         a.step(), b.step()
         assert_params_close(ours, theirs, rtol=1.3e-6, atol=1e-6)
-    assert a._engine._plans[0].buckets[0].scatter is False
+    assert a.describe()["groups"][0]["buckets"][0]["copies"] == "foreach"
 
 
 def test_adagrad_state_made_at_construction_is_already_packed():

@@ -14,7 +14,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import torch_gd
-from torch_gd import _engine, _fused
+from torch_gd import _engine, _fused, _private
 
 from .helpers import assert_params_close, assert_state_close, tol
 from .registry import CASES
@@ -268,35 +268,34 @@ def test_kernels_are_called_directly_once_compiled():
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
     refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
     opt, ref = torch_gd.Adam(params, fused=True), torch_gd.Adam(refs)
-    saved = {key: k.compiled for key, k in _fused._KERNELS.items()}
-    try:
-        for step in range(4):
-            for p, q in zip(params, refs):
-                p.grad = torch.randn(p.shape, generator=gen)
-                q.grad = p.grad.clone()
-            for o in (opt, ref):
-                o.param_groups[0]["lr"] = 1e-2 / (1 + step)
-            if step == 1:  # compiled: from now on dynamo must not be entered
-                for key, k in _fused._KERNELS.items():
-                    saved[key] = k.compiled
-                    k.compiled = lambda *a: pytest.fail("dynamo entered for a known signature")
-            versions = [p._version for p in params]
-            opt.step()
-            ref.step()
-            assert_params_close(params, refs, **tol(torch.float32))
-            # In-place updates bump version counters, as AOT's wrapper (which we skip) does.
-            assert all(p._version > v for p, v in zip(params, versions))
-        # The calls are the generated modules' own ``call``, not AOT's runtime wrapper, and the
-        # large params' calls were prepared once.
-        called = [call for k in _fused._KERNELS.values() for call, _ in k.direct.values()]
-        assert called and all(getattr(c, "__name__", "") == "call" for c in called)
-        assert opt._engine._plans[0].launch is not None
-    finally:
-        for key, compiled in saved.items():
-            _fused._KERNELS[key].compiled = compiled
+    through_dynamo = []
+    for step in range(4):
+        for p, q in zip(params, refs):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        for o in (opt, ref):
+            o.param_groups[0]["lr"] = 1e-2 / (1 + step)
+        versions = [p._version for p in params]
+        opt.step()
+        ref.step()
+        assert_params_close(params, refs, **tol(torch.float32))
+        # In-place updates bump version counters, as AOT's wrapper (which we skip) does.
+        assert all(p._version > v for p, v in zip(params, versions))
+        through_dynamo.append(sum(k["dynamo_calls"] for k in opt.describe()["kernels"]))
+    kernels, group = opt.describe()["kernels"], opt.describe()["groups"][0]
+    if _private.enabled():
+        # Compiled at the first step; from then on dynamo is never entered, the calls are the
+        # generated modules' own ``call`` (not AOT's runtime wrapper), and the large params'
+        # calls were prepared once.
+        assert through_dynamo[1:] == [through_dynamo[0]] * 3
+        assert kernels and all(k["direct"] and set(k["direct"]) == {"call"} for k in kernels)
+        assert group["prepared"]
+    else:  # the public path: every call through torch.compile's wrapper
+        assert through_dynamo == sorted(set(through_dynamo)) and all(not k["direct"] for k in kernels)
+        assert not group["prepared"]
 
 
-def test_prepared_calls_follow_changed_flags_and_numbers(monkeypatch):
+def test_prepared_calls_follow_changed_flags_and_numbers():
     """Steady steps run the large params' prepared calls; switching a term on (weight decay
     from 0, which changes the kernel), changing lr and betas, or adding GradScaler's inputs
     must leave them for the per-call path and stay exact."""
@@ -308,8 +307,6 @@ def test_prepared_calls_follow_changed_flags_and_numbers(monkeypatch):
     refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
     opt, ref = torch_gd.Adam(params, fused=True), torch_gd.Adam(refs)
     prepared_steps = []
-    run = _fused.Prepared.__call__
-    monkeypatch.setattr(_fused.Prepared, "__call__", lambda self, *a: (prepared_steps.append(step), run(self, *a)))
     for step in range(8):
         for p, q in zip(params, refs):
             p.grad = torch.randn(p.shape, generator=gen)
@@ -321,15 +318,19 @@ def test_prepared_calls_follow_changed_flags_and_numbers(monkeypatch):
             group["weight_decay"] = 0.1 if step >= 4 else 0.0
         if step == 5:
             opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(0.0)
+        prepared = opt.describe()["steps"]["prepared"]
         opt.step()
+        if opt.describe()["steps"]["prepared"] > prepared:
+            prepared_steps.append(step)
         if step == 5:
             del opt.grad_scale, opt.found_inf
         ref.step()
         assert_params_close(params, refs, **tol(torch.float32))
         assert_state_close(opt, ref, **tol(torch.float32))
     # Prepared after step 0; after the kernel changed at step 4, prepared again, dropped for
-    # GradScaler's step 5 and prepared again at step 6.
-    assert prepared_steps == [1, 2, 3, 7]
+    # GradScaler's step 5 and prepared again at step 6. Without the private APIs kernels are not
+    # called directly, and nothing is prepared.
+    assert prepared_steps == ([1, 2, 3, 7] if _private.enabled() else [])
 
 
 @pytest.mark.parametrize("name, switch", [("Adam", {"betas": (0.0, 0.999)}), ("RMSprop", {"alpha": 0.0})])
@@ -358,9 +359,8 @@ def test_a_coefficient_switched_to_zero_gets_its_own_kernel_called_directly(name
         assert_params_close(params, refs, **tol(torch.float32))
     (key, value), = switch.items()
     zero = value[0] if key == "betas" else value
-    switched = [k for (rule, statics, *_), k in _fused._KERNELS.items()
-                if rule is opt._spec.rule and dict(statics).get("beta1" if key == "betas" else key) == zero]
-    assert switched and all(k.direct for k in switched)
+    switched = [k for k in opt.describe()["kernels"] if k["statics"].get("beta1" if key == "betas" else key) == zero]
+    assert switched and all(bool(k["direct"]) == _private.enabled() for k in switched)
 
 
 @cases

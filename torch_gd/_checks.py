@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+from ._private import fused_devices, is_fake
 
 
 def real(
@@ -179,7 +179,7 @@ def params(group: dict, spans: dict[int, list[tuple[int, int, Tensor]]]) -> None
             if group.get("fused"):  # torch's own check, made for the fused path only
                 raise RuntimeError(
                     "`fused=True` requires all the params to be floating point Tensors of supported "
-                    f"devices: {_get_fused_kernels_supported_devices()} but {p.dtype} and {p.device.type}"
+                    f"devices: {fused_devices()} but {p.dtype} and {p.device.type}"
                 )
             raise TypeError(f"optimizer can only update floating point or complex params, got a {p.dtype} "
                             f"tensor of shape {tuple(p.shape)}")

@@ -23,13 +23,15 @@ from typing import Any, Callable, Hashable, Optional
 
 import torch
 from torch import Tensor
-from torch._subclasses.fake_tensor import is_fake
 
 from . import _checks, _fused, _ops
+from . import _private
+from ._private import is_fake
 from ._ops import real_view
 from ._fused import Call, Prepared, storage_order
 from ._scatter import Scatter
 from ._state import State
+from ._steady import Program, param_kind
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
@@ -111,6 +113,8 @@ class _Bucket:
     # Each param's (shape, strides) when packed: its segments of the flat buffers keep them,
     # whatever the param's layout becomes (``model.to(memory_format=...)``), and copies convert.
     layouts: list[tuple[torch.Size, tuple[int, ...]]] = field(default_factory=list)
+    # Each param's ``param_kind`` when packed: ``p.data = ...`` may change it under its grad.
+    kinds: list[tuple[torch.dtype, torch.Size]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -145,6 +149,8 @@ class _Plan:
     direct_steps: list[Tensor] = field(default_factory=list)
     # Their kernel calls prepared for the flags and numbers of the step that prepared them.
     launch: Optional[Prepared] = None
+    # The last fused step's call (flags, numbers, kernels), reused while they are the same.
+    call: Optional[Call] = None
 
 
 @dataclass(eq=False)
@@ -181,6 +187,8 @@ class _Work:
     whole: bool
     complete: bool  # every param of the group has a grad this step
     direct: bool = False  # the loose params run through ``plan.direct``
+    # State the per-tensor params' step creates, allocated by ``prepare`` (``Engine._allocate``).
+    made: dict = field(default_factory=dict)
 
 
 def _segment_view(flat: Tensor, shape: torch.Size, stride: tuple[int, ...], offset: int) -> Tensor:
@@ -191,9 +199,19 @@ def _segment_view(flat: Tensor, shape: torch.Size, stride: tuple[int, ...], offs
     elementwise-correct whatever the layout (channels_last, transposed); a param with gaps gets
     a contiguous segment, and the gather/scatter copies convert between the two.
     """
-    if _dense(shape, stride):
+    if _dense(shape, stride) and stride != _contiguous_strides(shape):
         return flat.as_strided(shape, stride, offset)
+    # A slice and a view, not as_strided, where they give the same strides: a compiled step
+    # (torch.compile around ``step()``) cannot write through an as_strided view.
     return flat[offset : offset + shape.numel()].view(shape)
+
+
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, expected = [], 1
+    for size in reversed(shape):
+        strides.append(expected)
+        expected *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 def _dense(shape: torch.Size, stride: tuple[int, ...]) -> bool:
@@ -233,10 +251,69 @@ class Engine:
         # that only params with one history share a run or a step's numbers.
         self._amp_tags: dict[int, int] = {}
         self._amp_steps = 0
+        # Whether GradScaler ever took part: until then the host counts are the device ones,
+        # and a steady fused step's numbers are computed on the host (``Prepared.refresh``).
+        self._scaled = False
+        self._program: Optional[Program] = None
+        # Steps run by the recorded program, by the checked path, and group steps whose fused
+        # kernels ran from prepared calls (``describe``).
+        self.counts_of = {"replayed": 0, "checked": 0, "prepared": 0}
+
+    def describe(self) -> dict[str, Any]:
+        """What the engine has built and done (see ``Optimizer.describe``)."""
+        groups, kernels = {}, {}
+        for gi, plan in sorted(self._plans.items()):
+            groups[gi] = {
+                "buckets": [{"device": b.pbuf.device, "dtype": b.dtype, "params": len(b.params),
+                             "numel": b.offsets[-1], "chunks": len(b.chunks),
+                             "copies": None if b.scatter is None else ("addresses" if b.scatter else "foreach")}
+                            for b in plan.buckets],
+                "per_tensor": len(plan.take_loose(plan.params)),
+                "prepared": plan.launch is not None,
+            }
+            if plan.call is not None:
+                for k in plan.call.kernels():
+                    kernels[(k["rule"], tuple(sorted(k["statics"].items())), k["dtype"], k["device"])] = k
+        return {"private_apis": _private.enabled(), "groups": groups, "kernels": list(kernels.values()),
+                "steps": dict(self.counts_of)}
 
     def invalidate(self) -> None:
         """Forget every plan: state is re-read and re-packed at the next step."""
         self._plans.clear()
+        self._program = None
+
+    # ---------------------------------------------------------------- the steady step
+
+    def record(self, groups: list[dict], works: list[Optional["_Work"]], state: Any,
+               hyper: Callable[[dict], dict[str, Any]], state_keys: Callable[[dict], tuple[str, ...]]) -> None:
+        """Keep a checked step's work for the next steps where it is steady (``Program``):
+        ``hyper`` and ``state_keys`` are the optimizer's, to read a group whose numbers change."""
+        self.counts_of["checked"] += 1
+        eligible = Program.eligible(groups, works, state)
+        self._program = Program(groups, works, state.version, hyper, state_keys) if eligible else None
+
+    def replay(self, groups: list[dict], state: Any) -> bool:
+        """Run the recorded program if it still describes this step; False (nothing done) if
+        the checked path must plan it."""
+        program = self._program
+        if program is None:
+            return False
+        grads = program.grads(groups, state)
+        if grads is None:
+            self._program = None
+            return False
+        # Every check before the first write: a large param rebound since (``p.data = ...``).
+        for work, gs in zip(program.works, program.split(grads)):
+            plan = work.plan
+            work.packed = {b: b.take(gs) for b in plan.buckets}
+            work.loose = list(zip(plan.take_loose(plan.params), plan.take_loose(gs)))
+            if work.direct and not _still_direct(plan.direct, work.loose):
+                self._program = None
+                return False
+        for work in program.works:
+            self.execute(work, state)
+        self.counts_of["replayed"] += 1
+        return True
 
     # ---------------------------------------------------------------- planning
 
@@ -252,7 +329,8 @@ class Engine:
                 if (p.numel() <= PACK_MAX_NUMEL and id(p) not in self.sparse and not p.is_sparse
                         and not _is_dtensor(p)):
                     by_kind[(p.device, p.dtype)].append(p)
-        buckets = [self._pack(ps, keys, on_device, counted, state) for ps in by_kind.values()]
+        # A bucket of one param would only add copies of it: it is updated in place.
+        buckets = [self._pack(ps, keys, on_device, counted, state) for ps in by_kind.values() if len(ps) > 1]
         where = {id(p): (b, i) for b in buckets for i, p in enumerate(b.params)}
         position = {id(p): i for i, p in enumerate(distinct)}
         for b in buckets:
@@ -326,7 +404,7 @@ class Engine:
                        [None] * len(params), starts, like.dtype, probes, chunks,
                        [id(p) for p in params],
                        metas=tuple((like.dtype, torch.strided, pbuf.device, p.shape) for p in params),
-                       layouts=layouts)
+                       layouts=layouts, kinds=list(map(param_kind, params)))
 
     # ---------------------------------------------------------------- running
 
@@ -364,20 +442,28 @@ class Engine:
             split = self._split(plan, params, grads, keys, state)
         packed, loose = split
         direct = whole and plan.direct is not None and _still_direct(plan.direct, loose)
+        made: dict[int, dict[str, Tensor]] = {}
         if not direct:
             for p, g in loose:
                 _checks.grad_like_param(p, g)
                 if group.get("fused"):
                     _checks.state_like_param(p, state.get(p, _EMPTY), keys)
+            made = self._allocate(loose, keys, group, on_device, state)
         kw = {k: _f64(v) for k, v in hyper.items()}
         kw.update(first=False, scratch=None)
         fused = None
         if group.get("fused"):
-            fused = _fused.Call(self.spec, kw, *amp)
-            kinds = {(_real_dtype(b.dtype), b.pbuf.device) for b in packed}
-            kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
-            fused.warm(keys, kinds, scalar_dtype())
-        return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct)
+            if amp != (None, None):
+                self._scaled = True
+            fused = plan.call
+            # The last step's call, where nothing it was built from has changed (its kernels
+            # are then compiled for every kind of this plan's params).
+            if fused is None or not (whole and (direct or not loose) and fused.reusable(kw, *amp)):
+                fused = plan.call = _fused.Call(self.spec, kw, *amp)
+                kinds = {(_real_dtype(b.dtype), b.pbuf.device) for b in packed}
+                kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
+                fused.warm(keys, kinds, scalar_dtype())
+        return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made)
 
     def execute(self, work: _Work, state: dict) -> None:
         for b, items in work.packed.items():
@@ -461,7 +547,8 @@ class Engine:
         count = plan.direct_count + 1
         grads = [g.view(-1) if e.contiguous else storage_order(g) for e, (_, g) in zip(entries, work.loose)]
         if plan.launch is not None and plan.launch.fits(work.fused):
-            plan.launch(work.fused, grads, count)
+            plan.launch(work.fused, grads, count, None if self._scaled else count)
+            self.counts_of["prepared"] += 1
         else:
             for e, g, pid in zip(entries, grads, plan.direct_ids):
                 work.fused(e.p, g, e.states, e.step, self._shared(count, pid))
@@ -481,7 +568,7 @@ class Engine:
             return None
         packed = {}
         for b in plan.buckets:
-            if b.uniform is None or b.take(metas) != b.metas:
+            if b.uniform is None or b.take(metas) != b.metas or list(map(param_kind, b.params)) != b.kinds:
                 return None
             packed[b] = b.take(grads)
         return packed, list(zip(plan.take_loose(params), plan.take_loose(grads)))
@@ -497,7 +584,10 @@ class Engine:
         launch = b.launch if work.fused is not None and b.launch is not None and b.launch.fits(work.fused) else None
         if launch is not None:
             b.steps.add_(1)
-            launch.refresh(work.fused, self._shared(count + 1, b.ids[0]) if self.spec.uses_step else None)
+            # A steady step follows a step of every param: for rules without a count, the step
+            # taken now is not the first.
+            host = None if self._scaled else (count + 1 if self.spec.uses_step else 2)
+            launch.refresh(work.fused, self._shared(count + 1, b.ids[0]) if self.spec.uses_step else None, host)
         self._run_range(b, 0, len(b.params), False, count, work, grads, direct, launch)
         if launch is not None:
             launch.bump()
@@ -534,7 +624,10 @@ class Engine:
             if g.is_sparse:
                 self.sparse.add(id(p))
                 return None
-            if g.dtype is not b.dtype or g.shape != b.metas[i][3] or g.device != p.device:
+            # A param of another dtype than its bucket (``p.data = p.data.double()``) is still
+            # gathered and written back through copies, which convert, while its grad fits the
+            # bucket; its shape must still be its grad's.
+            if g.dtype is not b.dtype or g.shape != b.metas[i][3] or g.device != p.device or p.shape != g.shape:
                 _checks.grad_like_param(p, g)
                 return None  # the param changed dtype or shape: re-pack
             fresh = False
@@ -634,20 +727,43 @@ class Engine:
         kw.update(zip(keys, tensors))
         spec.rule(p, g, **spec.with_coefficients(kw))
 
+    def _allocate(self, loose: list[tuple[Tensor, Tensor]], keys: tuple[str, ...], group: dict, on_device: bool,
+                  state: dict) -> dict[int, dict[str, Tensor]]:
+        """The state tensors the per-tensor params' step will create — at a param's first step,
+        or for an option switched on since (amsgrad) — and their scratch buffer, allocated
+        before anything is written (an allocation that fails leaves the step untaken)."""
+        made: dict[int, dict[str, Tensor]] = {}
+        fused, uses_step = bool(group.get("fused")), self.spec.uses_step
+        for p, _ in loose:
+            self._scratch_for(p)
+            st = state.get(p, _EMPTY)
+            fresh = self._fresh(st, keys)
+            new: dict[str, Tensor] = {}
+            if fresh and uses_step:
+                new["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
+            for k in keys:
+                if st.get(k) is None:
+                    new[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    self.spec.init(k, real_view(new[k]), group)
+            if fused and not uses_step and (fresh or id(p) not in self._steps):
+                new[_PRIVATE_STEP] = torch.full((), 0 if fresh else 1, dtype=scalar_dtype(), device=p.device)
+            if new:
+                made[id(p)] = new
+        return made
+
     def _run_one(self, p: Tensor, g: Tensor, work: _Work, state) -> None:
         """The per-tensor path: the same rule on one param and its own state tensors."""
         spec, keys, kw = self.spec, work.keys, work.kw
         tensors: list[Tensor] = []
         fresh, steps = False, None
+        made = work.made.get(id(p), _EMPTY)
         if keys or spec.uses_step:
             st = state[p]
             fresh = self._fresh(st, keys)
-            if fresh and spec.uses_step:
-                st["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if work.on_device else "cpu")
-            for k in keys:
-                if st.get(k) is None:  # fresh, or an option switched on since (amsgrad)
-                    st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    spec.init(k, real_view(st[k]), work.group)
+            # In torch's key order: ``step`` first, then the rule's keys.
+            for k, t in made.items():
+                if k != _PRIVATE_STEP:
+                    st[k] = t
             if spec.uses_step:
                 seen = self._step_seen.get(id(p))
                 if seen is not None and st["step"] is not seen:
@@ -660,7 +776,7 @@ class Engine:
                 kw["step"] = steps if work.on_device else count + 1
             tensors = [st[k] for k in keys]
         if work.fused is not None and steps is None:
-            steps = self._private_step(p, fresh)
+            steps = self._private_step(p, fresh, made.get(_PRIVATE_STEP))
         count = self._shared(self.counts[id(p)], id(p)) if spec.uses_step else None
         if _is_dtensor(p):
             # FSDP2/DTensor params: the update is elementwise, so each rank updates its local
@@ -697,13 +813,13 @@ class Engine:
         self._scratch_views[id(p)] = view
         return view
 
-    def _private_step(self, p: Tensor, fresh: bool) -> Tensor:
+    def _private_step(self, p: Tensor, fresh: bool, made: Optional[Tensor]) -> Tensor:
         """A fused rule without torch's ``step`` still counts applied steps on the device (and
-        on the host, for sharing a step's scalars between params)."""
+        on the host, for sharing a step's scalars between params). ``made``: the counter
+        ``_allocate`` made for a first step, or for a param counted for the first time."""
         step = self._steps.get(id(p))
-        if step is None or fresh:
-            step = torch.full((), 0 if fresh else 1, dtype=scalar_dtype(), device=p.device)
-            self._steps[id(p)] = step
+        if made is not None:
+            step = self._steps[id(p)] = made
         self._private_counts[id(p)] = 1 if fresh else self._private_counts.get(id(p), 1) + 1
         return step.add_(1)
 
@@ -721,6 +837,8 @@ class Engine:
 
 
 _EMPTY: dict = {}
+# ``Engine._allocate``'s key for a fused rule's private step counter.
+_PRIVATE_STEP = "_private_step"
 
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -757,21 +875,30 @@ def _catable(p: Tensor) -> bool:
 
 
 def _cat_runs(params: list[Tensor], offsets: list[int], lo: int, end: int, gbuf: Tensor, pbuf: Tensor):
-    """Among the chunk's params ``[lo, end)``, the runs of contiguous params with one trailing
-    shape (``_pack`` put them first and together) as N-D views of the chunk buffers ``gbuf`` and
-    ``pbuf`` that one ``torch.cat`` writes into — a copy per tensor costs ~1 µs on the CPU —;
-    and the indices of the other params, copied one by one."""
+    """Among the chunk's params ``[lo, end)``, the runs of at least two contiguous params with
+    one trailing shape (``_pack`` put them first and together) as N-D views of the chunk
+    buffers ``gbuf`` and ``pbuf`` that one ``torch.cat`` writes into — a copy per tensor costs
+    ~0.5 µs on the CPU, a call ~2 µs —; and the indices of the other params, copied by one
+    ``torch._foreach_copy_`` (a run of one would cost a whole call)."""
     runs: list[tuple[int, int, Tensor, Tensor]] = []
+    rest: list[int] = []
     base = offsets[lo]
-    while lo < end and _catable(params[lo]):
+    while lo < end:
+        if not _catable(params[lo]):
+            rest.append(lo)
+            lo += 1
+            continue
         trailing = params[lo].shape[1:]
         hi = lo + 1
         while hi < end and _catable(params[hi]) and params[hi].shape[1:] == trailing:
             hi += 1
-        a, z = offsets[lo] - base, offsets[hi] - base
-        runs.append((lo, hi, gbuf[a:z].view(-1, *trailing), pbuf[a:z].view(-1, *trailing)))
+        if hi - lo == 1:
+            rest.append(lo)
+        else:
+            a, z = offsets[lo] - base, offsets[hi] - base
+            runs.append((lo, hi, gbuf[a:z].view(-1, *trailing), pbuf[a:z].view(-1, *trailing)))
         lo = hi
-    return runs, list(range(lo, end))
+    return runs, rest
 
 
 def _gather(tensors: Any, c: _Chunk, which: int, views: list[Tensor]) -> None:
@@ -826,7 +953,7 @@ def _still_direct(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]]) ->
     """Whether the prepared calls still describe these params (not rebound by ``p.data = ...``)
     and their grads (the param's shape, dtype, device and layout)."""
     for e, (p, g) in zip(entries, loose):
-        if (p.data_ptr() != e.address or p.stride() != e.stride or g.stride() != e.stride
+        if (p.data_ptr() != e.address or p.stride() != e.stride or p.shape != e.shape or g.stride() != e.stride
                 or g.shape != e.shape or g.dtype is not e.dtype or g.device != e.device):
             return False
     return True

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from . import _private
+
 _KERNELS: dict[tuple, "_Kernel"] = {}
 _WARM: set[tuple] = set()
 # Tests trace kernels for a "cuda" that is not there with "aot_eager" under FakeTensorMode.
@@ -73,7 +75,7 @@ def _template(p, g, states, scalars, grad_scale, found_inf):  # pragma: no cover
 
 
 def _key(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype, device: torch.device) -> tuple:
-    return (rule, tuple(sorted(statics.items())), dtype, device, BACKEND)
+    return (rule, tuple(sorted(statics.items())), dtype, device, BACKEND, _private.enabled())
 
 
 class _Kernel:
@@ -87,20 +89,24 @@ class _Kernel:
     with each signature (which state and scalar names, which of grad_scale/found_inf are given)
     goes through dynamo, and a capturing backend records Inductor's callable and where each of
     its inputs comes from; later calls with that signature call it directly: the generated
-    module's own ``call`` where it can stand in for the wrappers (``_inductor``), ~2 µs a call
+    module's own ``call`` where it can stand in for the wrappers (``_private.inductor_with_call``), ~2 µs a call
     for a small update against ~13 µs through AOT's runtime wrapper and ~6 µs for one tensor
     through torch's fused Adam (resnet50's 45 large params: ~0.5 ms a step).
     """
 
     def __init__(self, fn: Callable[..., None]) -> None:
-        self.compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend=self._capture)
+        self.fn = fn
         self.direct: dict[tuple, tuple[Callable[..., Any], list]] = {}
         self._call: Optional[tuple] = None
         self._captured: Optional[tuple[Callable[..., Any], list]] = None
+        self.dynamo_calls = 0  # calls through torch.compile's wrapper
+        # Without the private APIs: torch.compile's public wrapper on every call.
+        self.compiled = torch.compile(fn, fullgraph=True, dynamic=True,
+                                      backend=self._capture if _private.enabled() else BACKEND)
 
     def _capture(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable[..., Any]:
         if BACKEND == "inductor":
-            compiled, bare = _inductor(gm, example_inputs)
+            compiled, bare = _private.inductor_with_call(gm, example_inputs)
         else:
             backend = torch._dynamo.lookup_backend(BACKEND) if isinstance(BACKEND, str) else BACKEND
             compiled, bare = backend(gm, example_inputs), None
@@ -110,6 +116,11 @@ class _Kernel:
         else:
             self._captured = (bare or (lambda inputs: compiled(*inputs)), slots)
         return compiled
+
+    def _public(self, exc: BaseException) -> None:
+        """Go through the public wrapper from now on: a private API failed while compiling."""
+        _private.report("calling Inductor's compiled kernel directly", exc)
+        self.compiled = torch.compile(self.fn, fullgraph=True, dynamic=True, backend=BACKEND)
 
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], scalars: dict[str, Tensor],
                  grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
@@ -125,7 +136,14 @@ class _Kernel:
         # and traced as an in-place target is refused ("a view was created in no_grad mode").
         args = (p.detach(), g.detach(), {k: t.detach() for k, t in states.items()}, scalars, grad_scale, found_inf)
         self._call, self._captured = args, None
+        self.dynamo_calls += 1
         try:
+            self.compiled(*args)
+        except Exception as exc:
+            cause = _private_cause(exc)
+            if cause is None:
+                raise
+            self._public(cause)
             self.compiled(*args)
         finally:
             self._call = None
@@ -133,36 +151,15 @@ class _Kernel:
             self.direct[signature] = self._captured
 
 
-def _inductor(gm: torch.fx.GraphModule, example_inputs: list) -> tuple[Callable[..., Any], Optional[Callable[[list], Any]]]:
-    """Inductor's compiled function, and the generated module's own ``call`` when it can stand
-    in for it: the graph AOT autograd handed Inductor takes dynamo's inputs in dynamo's order and
-    returns nothing (every update is an in-place write inside the kernel), so the wrappers
-    around it (dynamo's frame, AOT's runtime wrapper: ~11 µs a call, against ~2 µs for the call
-    itself) have nothing to do but bump the version counters of the tensors written."""
-    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
-
-    inner: list = []
-
-    def capture_inner(g: torch.fx.GraphModule, inputs: list, **kwargs: Any) -> Any:
-        out = compile_fx_inner(g, inputs, **kwargs)
-        inner.append((g, inputs, out))
-        return out
-
-    with torch._functorch.config.patch(enable_autograd_cache=False):
-        compiled = compile_fx(gm, example_inputs, inner_compile=capture_inner)
-    if len(inner) != 1:
-        return compiled, None
-    g, inputs, out = inner[0]
-    outputs = g.graph.output_node().args[0]
-    same = len(inputs) == len(example_inputs) and all(map(_same_input, inputs, example_inputs))
-    call = getattr(out, "current_callable", None)
-    return compiled, call if same and not outputs and call is not None else None
-
-
-def _same_input(a: Any, b: Any) -> bool:
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.dtype == b.dtype and a.dim() == b.dim()
-    return isinstance(a, (int, torch.SymInt)) and isinstance(b, (int, torch.SymInt))
+def _private_cause(exc: BaseException) -> Optional[BaseException]:
+    """The ``PrivateAPIError`` behind ``exc`` (dynamo wraps a backend's errors), if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _private.PrivateAPIError):
+            return exc
+        seen.add(id(exc))
+        exc = getattr(exc, "inner_exception", None) or exc.__cause__ or exc.__context__
+    return None
 
 
 def _slots(call: tuple, example_inputs: list) -> Optional[list]:
@@ -177,8 +174,7 @@ def _slots(call: tuple, example_inputs: list) -> Optional[list]:
     slots: list = []
     for x in example_inputs:
         if isinstance(x, (int, torch.SymInt)):
-            hint = x if isinstance(x, int) else x.node.hint
-            if hint != call[0].numel():
+            if _private.size_hint(x) != call[0].numel():
                 return None
             slots.append(None)
         elif id(x) in places:
@@ -210,6 +206,14 @@ def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtyp
         found = _Kernel(types.FunctionType(code, scope, name))
         _KERNELS[key] = found
     return found
+
+
+def describe(k: _Kernel, rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype,
+             device: torch.device) -> dict[str, Any]:
+    """A kernel as ``Engine.describe`` reports it."""
+    return {"rule": rule.__name__, "statics": dict(statics), "dtype": dtype, "device": device,
+            "direct": [getattr(call, "__name__", type(call).__name__) for call, _ in k.direct.values()],
+            "dynamo_calls": k.dynamo_calls}
 
 
 def storage_order(t: Tensor) -> Optional[Tensor]:
@@ -263,6 +267,60 @@ class Call:
         self._kernels: dict[tuple, _Kernel] = {}
         self._amps: dict[torch.device, tuple[Optional[Tensor], Optional[Tensor]]] = {}
         self._traced = self.statics if self.uses_first else {**self.statics, "first": False}
+        self._kw = dict(kw)
+        # Whether every number is a Python number: then a step's numbers can be computed on the
+        # host wherever the host knows the step count (``host_numbers``).
+        self.plain = grad_scale is None and found_inf is None and not any(
+            isinstance(v, Tensor) for v in self.numbers.values())
+
+    def reusable(self, kw: dict[str, Any], grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> bool:
+        """Whether this call serves a step with hyperparameters ``kw`` as well: the same plain
+        numbers and flags, no tensors (a tensor may have been changed in place: it is read anew
+        every step), no GradScaler."""
+        if not self.plain or grad_scale is not None or found_inf is not None or len(kw) != len(self._kw):
+            return False
+        mine = self._kw
+        for k, v in kw.items():
+            w = mine.get(k, _MISSING)
+            if type(v) is not type(w) or isinstance(v, Tensor) or (v != w and k != "scratch"):
+                return False
+        return True
+
+    def renumber(self, hyper: dict[str, Any]) -> bool:
+        """Take over new values of a ``plain`` call's numbers (a scheduler's lr), where they
+        leave its kernels as they are: every flag and every zero (a term switched off) the
+        same. False, changing nothing, otherwise."""
+        if not self.plain:
+            return False
+        numbers = {}
+        for name, value in hyper.items():
+            if name in self.statics:
+                static = self.statics[name]
+                if type(value) is not type(static) and not (static == 0 and isinstance(value, float)):
+                    return False
+                if value != static:
+                    return False
+            elif name in self.numbers:
+                if isinstance(value, (bool, Tensor)) or value is None or value == 0:
+                    return False
+                numbers[name] = value
+        self.numbers.update(numbers)
+        self._kw.update(hyper)
+        self._scalars.clear()
+        self._per_count.clear()
+        return True
+
+    def host_numbers(self, count: int) -> dict[str, Any]:
+        """The numbers of the step that makes ``count`` steps, as Python values (for a ``plain``
+        call, whose only unknown is the step): the same float64 arithmetic as ``_dynamic``."""
+        values = dict(self.numbers)
+        if self.spec.uses_step:
+            values["step"] = float(count)
+        if self.spec.coefficients is not None:
+            values.update(self.spec.coefficients(**self.statics, **values))
+        if self.uses_first:
+            values["first"] = count == 1
+        return values
 
     def scalars(self, device: torch.device) -> dict[str, Tensor]:
         found = self._scalars.get(device)
@@ -304,6 +362,10 @@ class Call:
             found = self._kernels[(dtype, device)] = kernel(self.rule, self._traced, dtype, device)
         return found
 
+    def kernels(self) -> list[dict[str, Any]]:
+        """The kernels this call has used, described (``describe``)."""
+        return [describe(k, self.rule, self._traced, dtype, device) for (dtype, device), k in self._kernels.items()]
+
     def warm(self, keys: tuple[str, ...], kinds: set, step_dtype: torch.dtype) -> None:
         """Compile every kernel this step needs on dummies before anything is
         updated: a missing compiler fails here, with nothing half-applied."""
@@ -332,7 +394,7 @@ class Call:
         for p, g, states, step in items:
             kind = (p.device, p.dtype)
             if kind not in boxes:
-                boxes[kind] = {k: v.clone() for k, v in self._dynamic(self.scalars(p.device), step, p.dtype).items()}
+                boxes[kind] = _Boxes(self._dynamic(self.scalars(p.device), step, p.dtype))
                 firsts[kind] = step
             if p.numel() < 2:
                 return None
@@ -360,6 +422,8 @@ class Call:
         if scalars is None:
             scalars = self._dynamic(self.scalars(device), steps[0] if steps.dim() else steps, dtype)
             if count is not None:
+                if len(self._per_count) > 16:  # a call reused across steps: keep recent counts
+                    self._per_count.clear()
                 self._per_count[key] = scalars
         return scalars
 
@@ -396,6 +460,39 @@ class Call:
                 dst.copy_(src)
 
 
+_MISSING = object()
+# dtypes a NumPy view can write.
+_NUMPY = (torch.float64, torch.float32, torch.bool)
+
+
+class _Boxes(dict):
+    """A prepared call's numbers by name: 0-dim views of one 1-D tensor per dtype, so that on
+    the CPU a step's numbers computed on the host are written with one NumPy assignment per
+    dtype (~1 µs) instead of a torch op per number or per step (~2-5 µs each)."""
+
+    def __init__(self, values: dict[str, Tensor]) -> None:
+        super().__init__()
+        by_dtype: dict[torch.dtype, list[str]] = {}
+        for k, v in values.items():
+            by_dtype.setdefault(v.dtype, []).append(k)
+        self._writers: Optional[list] = []
+        for dtype, keys in by_dtype.items():
+            base = torch.stack([values[k].reshape(()) for k in keys])
+            self.update(zip(keys, base.unbind()))
+            if base.device.type == "cpu" and dtype in _NUMPY and self._writers is not None:
+                self._writers.append((base.numpy(), keys))
+            else:
+                self._writers = None
+
+    def write(self, values: dict[str, Any]) -> bool:
+        """Write ``values`` (Python numbers) into the boxes; False where they cannot be."""
+        if self._writers is None:
+            return False
+        for array, keys in self._writers:
+            array[:] = [values[k] for k in keys]
+        return True
+
+
 class Prepared:
     """Kernel calls prepared once (``Call.prepare``) for steady steps: a packed bucket's chunks,
     or a fused group's large params. Each call's inputs are kept in the kernel's order, with at
@@ -416,9 +513,15 @@ class Prepared:
         return (call.grad_scale is None and call.found_inf is None and call._traced == self.traced
                 and tuple(call.numbers) == self.numbers)
 
-    def refresh(self, call: Call, count: Optional[Hashable]) -> None:
+    def refresh(self, call: Call, count: Optional[Hashable], host_count: Optional[int] = None) -> None:
         """Load this step's numbers (``Call.step_numbers``); the step counters have been
-        advanced."""
+        advanced. ``host_count``: the step count every param of the calls reaches with this
+        step, where the host knows it (no GradScaler history): a ``plain`` call's numbers are
+        then computed in Python and written through ``_Boxes``, with no torch op."""
+        if host_count is not None and call.plain:
+            values = call.host_numbers(host_count)
+            if all(box.write(values) for box in self.boxes.values()):
+                return
         for (device, dtype), box in self.boxes.items():
             fresh = call.step_numbers(self.firsts[(device, dtype)], count, device, dtype)
             torch._foreach_copy_(list(box.values()), [fresh[k] for k in box])
@@ -435,9 +538,9 @@ class Prepared:
         """Bump the version counters of what the calls wrote, as an in-place op would."""
         increment_version(self.written)
 
-    def __call__(self, call: Call, grads: list[Tensor], count: Optional[Hashable]) -> None:
+    def __call__(self, call: Call, grads: list[Tensor], count: Optional[Hashable], host_count: Optional[int] = None) -> None:
         """Every call, with ``grads`` (1-D, in order), then the version bumps."""
-        self.refresh(call, count)
+        self.refresh(call, count, host_count)
         for i, g in enumerate(grads):
             self.run(i, g)
         self.bump()

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from . import _private
+
 _SOURCE = r"""
 #include <cstdint>
 #include <cstring>
@@ -50,14 +52,11 @@ MIN_PARAMS = 32
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled() -> Optional[Callable[..., Any]]:
-    try:
-        from torch._inductor.codecache import CppPythonBindingsCodeCache
-
-        return CppPythonBindingsCodeCache.load_pybinding(
-            ["const int64_t*", "const int64_t*", "char*", "const int64_t", "const int64_t", "const int64_t"], _SOURCE)
-    except Exception:  # noqa: BLE001 - any failure to build it leaves the foreach copies
+def _compiled(enabled: bool) -> Optional[Callable[..., Any]]:
+    if not enabled:
         return None
+    return _private.load_cpp(
+        ["const int64_t*", "const int64_t*", "char*", "const int64_t", "const int64_t", "const int64_t"], _SOURCE)
 
 
 class Scatter:
@@ -71,7 +70,7 @@ class Scatter:
         self._aliases = [p.detach() for p in params]
         self._table = torch.tensor([p.data_ptr() for p in params], dtype=torch.int64)
         self._offsets = torch.tensor(offsets, dtype=torch.int64) * itemsize
-        self._kernel = _compiled()
+        self._kernel = _compiled(_private.enabled())
 
     @staticmethod
     def fits(params: list[Tensor], dtype: torch.dtype, layouts: list[tuple[torch.Size, tuple[int, ...]]]) -> bool:

@@ -14,9 +14,9 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _use_grad_for_differentiable
 
 from . import _checks
+from ._private import use_grad_for_differentiable
 from ._engine import Engine, Spec, grad_meta, scalar_dtype
 from ._state import State
 
@@ -99,6 +99,26 @@ class Optimizer(torch.optim.Optimizer):
             raise
         self._engine.invalidate()
 
+    def describe(self) -> dict[str, Any]:
+        """How this optimizer runs its steps, for tests and for looking into performance (not
+        part of torch's API; keys keep their meaning, new ones may be added):
+
+        - ``private_apis``: whether torch_gd's fast paths through private torch APIs are on;
+        - ``groups``: by param group index, once it has stepped: its packed ``buckets`` (each
+          with ``device``, ``dtype``, ``params``, ``numel``, ``chunks`` and ``copies``: how param
+          values move in and out — ``"addresses"`` (one compiled copy loop), ``"foreach"``, or
+          None before its first fused step), ``per_tensor`` (params updated in place, one rule
+          call each) and ``prepared`` (whether those calls are prepared for steady fused steps);
+        - ``kernels``: the fused kernels the groups use: ``rule``, ``statics`` (flags compiled
+          in), ``dtype``, ``device``, ``direct`` (the callables called without dynamo, one per
+          call signature) and ``dynamo_calls`` (calls through torch.compile's wrapper, in every
+          optimizer of the process);
+        - ``steps``: ``replayed`` (steps that found nothing changed and reran the last plan),
+          ``checked`` (steps planned anew) and ``prepared`` (group steps whose large params'
+          fused kernels ran from prepared calls).
+        """
+        return self._engine.describe()
+
     def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()
         # Plain dicts, as torch's: torch.load(weights_only=True) refuses other classes.
@@ -130,7 +150,7 @@ class Optimizer(torch.optim.Optimizer):
                     device = p.device if on_device else "cpu"
                     st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype(), device=device)
 
-    @_use_grad_for_differentiable
+    @use_grad_for_differentiable
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         """Perform a single optimization step.
 
@@ -142,15 +162,18 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+        plain = amp == (None, None) and not self.check_finite
+        if plain and not torch.compiler.is_compiling() and self._engine.replay(self.param_groups, self.state):
+            return loss
         # Everything that can fail (bad grads, re-packing, compiling fused kernels) happens for
         # every group before any group is updated.
-        amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         collected = [self._with_grads(group) for group in self.param_groups]
         if self.check_finite and amp[1] is None:  # with found_inf, GradScaler skips such steps
             for group in self.param_groups:
                 _checks.finite_check_allowed(True, group)
             _checks.finite_grads(self.param_groups, [(params, grads) for params, grads, _ in collected])
-        work = []
+        work: list = []
         for gi, (group, (params, grads, metas)) in enumerate(zip(self.param_groups, collected)):
             if params and not group.get("fused") and (amp[0] is not None or amp[1] is not None):
                 # Only a fused kernel can unscale and skip without a host sync; applying the
@@ -159,11 +182,14 @@ class Optimizer(torch.optim.Optimizer):
                     "GradScaler passed grad_scale/found_inf to a param group with fused=False; "
                     "construct every group with fused=True, or leave fused unset in all of them"
                 )
-            if params:
-                work.append(self._engine.prepare(
-                    gi, group, params, grads, metas, self._state_keys(group), self._hyper(group), self.state, amp))
+            work.append(self._engine.prepare(
+                gi, group, params, grads, metas, self._state_keys(group), self._hyper(group), self.state, amp)
+                if params else None)
         for w in work:
-            self._engine.execute(w, self.state)
+            if w is not None:
+                self._engine.execute(w, self.state)
+        if plain and not torch.compiler.is_compiling():
+            self._engine.record(self.param_groups, work, self.state, self._hyper, self._state_keys)
         return loss
 
     def _with_grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[tuple]]:

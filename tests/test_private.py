@@ -1,0 +1,90 @@
+"""The fence around private torch APIs: on for the torch releases the suite covers, off
+elsewhere or when asked, and a private API that fails gives way to the public path with the
+same results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import torch_gd
+from torch_gd import _fused, _private
+
+from .helpers import assert_params_close, assert_state_close, tol
+
+
+def test_the_setting_decides_as_documented(caplog):
+    tested = _private.TESTED[0] + ".1"
+    with caplog.at_level(logging.WARNING, logger="torch_gd"):
+        assert _private.decide(None, tested) is True
+        assert not caplog.records
+        assert _private.decide(None, "9.99.0+cpu") is False
+        assert "not among the releases" in caplog.text and _private.ENV in caplog.text
+    assert _private.decide("0", tested) is False
+    with pytest.warns(UserWarning, match="tests do not cover"):
+        assert _private.decide("1", "9.99.0") is True
+    with pytest.warns(UserWarning, match="neither 0 nor 1"):
+        assert _private.decide("yes", tested) is True
+
+
+def test_the_environment_variable_is_read_at_import():
+    code = "import torch_gd, torch_gd._private as p; print(p.enabled())"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = {**os.environ, _private.ENV: value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["private", "public"])
+def test_both_settings_give_the_eager_results(on):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (7, 2), (40000,)] + [(6,)] * 40
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    with _private.switched(on):
+        opt = torch_gd.AdamW(params, lr=1e-2, fused=True)
+        ref = torch_gd.AdamW(refs, lr=1e-2)
+        for step in range(4):
+            for p, q in zip(params, refs):
+                p.grad = torch.randn(p.shape, generator=gen)
+                q.grad = p.grad.clone()
+            opt.step(), ref.step()
+            assert_params_close(params, refs, **tol(torch.float32))
+            assert_state_close(opt, ref, **tol(torch.float32))
+        described = opt.describe()
+    assert described["private_apis"] is on
+    assert all(bool(k["direct"]) is on for k in described["kernels"])
+    copies = {b["copies"] for g in described["groups"].values() for b in g["buckets"]}
+    assert copies == ({"addresses"} if on else {"foreach"})
+
+
+def test_a_private_api_that_fails_gives_way_to_the_public_path(monkeypatch, caplog):
+    """Inductor's hook raising (as a changed internal would) while a kernel compiles: the kernel
+    is compiled again through the public torch.compile path, the step is taken, and the log says
+    so once."""
+    def changed(gm, example_inputs):
+        raise _private.PrivateAPIError("compile_fx(inner_compile=...): unexpected keyword")
+
+    # A kernel not compiled yet in this process, so that the failing hook is reached.
+    monkeypatch.setattr(_fused, "_KERNELS", {})
+    monkeypatch.setattr(_fused, "_WARM", set())
+    monkeypatch.setattr(_private, "inductor_with_call", changed)
+    monkeypatch.setattr(_private, "_reported", set())
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(3, 4), (5,), (40000,)]]
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    with _private.switched(True), caplog.at_level(logging.WARNING, logger="torch_gd"):
+        opt, ref = torch_gd.SGD(params, lr=0.1, momentum=0.9, fused=True), torch_gd.SGD(refs, lr=0.1, momentum=0.9)
+        for _ in range(3):
+            for p, q in zip(params, refs):
+                p.grad = torch.randn(p.shape, generator=gen)
+                q.grad = p.grad.clone()
+            opt.step(), ref.step()
+            assert_params_close(params, refs, **tol(torch.float32))
+    assert caplog.text.count("using the public path instead") == 1
+    assert all(not k["direct"] for k in opt.describe()["kernels"])

@@ -1,0 +1,186 @@
+"""Every private torch API torch_gd uses, in one place, each with a public fallback.
+
+The fast paths reach into torch's internals: Inductor's ``compile_fx`` with an
+``inner_compile`` hook and the compiled graph's ``current_callable`` (kernels called without
+dynamo's and AOT autograd's wrappers), a ``SymInt``'s size hint, Inductor's C++ loader (the
+packed buckets' copy loop) and a functorch config switch. They are used only while
+``enabled()``: on for the torch releases the test suite covers (``TESTED``), off otherwise.
+``TORCH_GD_PRIVATE_APIS``, read at import: unset = that automatic choice (a line in the
+``torch_gd`` log when it switches them off); ``0`` = always off; ``1`` = on even on an untested
+torch (with a warning). ``switched`` changes it in process, for tests.
+
+Off, every path still runs, with the same results: kernels go through the public
+``torch.compile`` wrapper on every call, and packed param values are copied with
+``torch._foreach_copy_``. On, a private API that raises or has changed shape is reported once
+and the public path is taken instead (``PrivateAPIError`` marks such failures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import warnings
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+# torch releases (major.minor) the test suite runs on, with the fast paths on and off.
+TESTED = ("2.14",)
+ENV = "TORCH_GD_PRIVATE_APIS"
+log = logging.getLogger("torch_gd")
+
+
+class PrivateAPIError(RuntimeError):
+    """A private torch API raised or is not what this module expects: take the public path."""
+
+
+def _release(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def decide(setting: Optional[str], version: str = torch.__version__) -> bool:
+    """Whether the private fast paths are used, for this ``TORCH_GD_PRIVATE_APIS`` value."""
+    tested = _release(version) in TESTED
+    if setting == "0":
+        return False
+    if setting == "1":
+        if not tested:
+            warnings.warn(f"{ENV}=1: torch_gd's private-API fast paths are on for torch {version}, which "
+                          f"its tests do not cover (tested: {', '.join(TESTED)})", stacklevel=2)
+        return True
+    if setting not in (None, ""):
+        warnings.warn(f"{ENV}={setting!r} is neither 0 nor 1; using the automatic choice", stacklevel=2)
+    if not tested:
+        log.warning("torch_gd: torch %s is not among the releases its tests cover (%s): the private-API "
+                    "fast paths are off (results are the same; set %s=1 to force them on)",
+                    version, ", ".join(TESTED), ENV)
+    return tested
+
+
+_enabled = decide(os.environ.get(ENV))
+
+
+def enabled() -> bool:
+    """Whether the private fast paths are in use."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def switched(on: bool) -> Iterator[None]:
+    """The fast paths on or off inside the block (kernels are cached per setting)."""
+    global _enabled
+    old, _enabled = _enabled, on
+    try:
+        yield
+    finally:
+        _enabled = old
+
+
+_reported: set[str] = set()
+
+
+def report(what: str, exc: BaseException) -> None:
+    """One log line per private API that failed, naming it and the error."""
+    if what not in _reported:
+        _reported.add(what)
+        log.warning("torch_gd: %s failed (%s: %s); using the public path instead", what, type(exc).__name__, exc)
+
+
+def inductor_with_call(gm: torch.fx.GraphModule, example_inputs: list) -> tuple[Callable[..., Any], Optional[Callable[[list], Any]]]:
+    """Inductor's compiled function for ``gm``, and the generated module's own ``call`` when it
+    can stand in for it: the graph AOT autograd hands Inductor takes dynamo's inputs in dynamo's
+    order and returns nothing (every update is an in-place write inside the kernel), so the
+    wrappers around it have nothing to do but bump the version counters of the tensors written.
+
+    Raises ``PrivateAPIError`` where ``compile_fx`` or its hook do not work as expected."""
+    try:
+        from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+        import torch._functorch.config as functorch_config
+    except ImportError as exc:
+        raise PrivateAPIError(f"Inductor's compile_fx is not importable: {exc}") from exc
+
+    inner: list = []
+
+    def capture_inner(g: torch.fx.GraphModule, inputs: list, **kwargs: Any) -> Any:
+        out = compile_fx_inner(g, inputs, **kwargs)
+        inner.append((g, inputs, out))
+        return out
+
+    try:
+        # On an AOT-autograd cache hit the hook is skipped; Inductor's FX graph cache still serves
+        # the kernel.
+        with functorch_config.patch(enable_autograd_cache=False):
+            compiled = compile_fx(gm, example_inputs, inner_compile=capture_inner)
+    except TypeError as exc:  # the hook's signature changed
+        raise PrivateAPIError(f"compile_fx(inner_compile=...): {exc}") from exc
+    if len(inner) != 1:
+        return compiled, None
+    g, inputs, out = inner[0]
+    outputs = g.graph.output_node().args[0]
+    same = len(inputs) == len(example_inputs) and all(map(_same_input, inputs, example_inputs))
+    call = getattr(out, "current_callable", None)
+    return compiled, call if same and not outputs and callable(call) else None
+
+
+def _same_input(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.dtype == b.dtype and a.dim() == b.dim()
+    return isinstance(a, (int, torch.SymInt)) and isinstance(b, (int, torch.SymInt))
+
+
+def size_hint(x: Any) -> Optional[int]:
+    """The concrete value behind a traced size (``SymInt.node.hint``); None if unknown."""
+    if isinstance(x, int):
+        return x
+    hint = getattr(getattr(x, "node", None), "hint", None)
+    return hint if isinstance(hint, int) else None
+
+
+def load_cpp(signature: list[str], source: str) -> Optional[Callable[..., Any]]:
+    """A C++ function built and loaded with Inductor's toolchain, or None (then the caller takes
+    its public path) when the fast paths are off or the build fails."""
+    if not _enabled:
+        return None
+    try:
+        from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+        return CppPythonBindingsCodeCache.load_pybinding(signature, source)
+    except Exception as exc:  # noqa: BLE001 - no compiler, or the loader changed: copy with foreach
+        report("building the C++ copy loop", exc)
+        return None
+
+
+def is_fake(t: Tensor) -> bool:
+    """Whether ``t`` is a FakeTensor (no data: tracing, or a device this machine lacks)."""
+    try:
+        from torch._subclasses.fake_tensor import is_fake as _is_fake
+    except ImportError:
+        return False
+    return _is_fake(t)
+
+
+def use_grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's decorator for ``Optimizer.step``: grad mode as the ``differentiable`` default
+    says, with graph breaks around the step under dynamo; without it, the grad mode alone."""
+    try:
+        from torch.optim.optimizer import _use_grad_for_differentiable
+    except ImportError:
+        @functools.wraps(step)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with torch.set_grad_enabled(self.defaults["differentiable"]):
+                return step(self, *args, **kwargs)
+
+        return wrapper
+    return _use_grad_for_differentiable(step)
+
+
+def fused_devices() -> list[str]:
+    """The device types torch's own fused optimizers support, for error messages."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return ["cuda", "xpu", "mps", "cpu"]
+    return _get_fused_kernels_supported_devices()
