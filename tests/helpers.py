@@ -41,6 +41,19 @@ TOLERANCES = {
 }
 
 
+def twins(shapes, gen: torch.Generator) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """Params of these shapes drawn from ``gen``, and an independent copy of them."""
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    return params, [torch.nn.Parameter(p.detach().clone()) for p in params]
+
+
+def same_grads(params, copies, gen: torch.Generator) -> None:
+    """Fresh grads drawn from ``gen`` for ``params``, and the same values for ``copies``."""
+    for p, q in zip(params, copies):
+        p.grad = torch.randn(p.shape, generator=gen)
+        q.grad = p.grad.clone()
+
+
 def tol(dtype: torch.dtype) -> dict:
     # NaN where torch has NaN is agreement (fp16 Adam: eps=1e-8 underflows, 0/0 on zero grads).
     return {**TOLERANCES[dtype], "equal_nan": True}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import torch_gd
 from torch_gd import _engine, _fused
 
 from .registry import CASES

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import torch_gd
 from torch_gd import _engine, _fused, _private
 
-from .helpers import assert_params_close, assert_state_close, tol
+from .helpers import assert_params_close, assert_state_close, same_grads, tol, twins
 from .registry import CASES
 
 cases = pytest.mark.parametrize("case", CASES, ids=repr)
@@ -82,9 +82,7 @@ def test_fused_with_default_arguments_matches_eager(case):
     fused, eager = case.ours(a, fused=True), case.ours(b)
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
-        for p, q in zip(a, b):
-            p.grad = torch.randn(p.shape, generator=gen)
-            q.grad = p.grad.clone()
+        same_grads(a, b, gen)
         fused.step(), eager.step()
         assert_params_close(a, b, **tol(torch.float32))
         assert_state_close(fused, eager, **tol(torch.float32))
@@ -265,14 +263,11 @@ def test_kernels_are_called_directly_once_compiled():
 
     gen = torch.Generator().manual_seed(0)
     shapes = [(5,), (3, 4), (_engine.PACK_MAX_NUMEL + 1,), (2, _engine.PACK_MAX_NUMEL)]
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, refs = twins(shapes, gen)
     opt, ref = torch_gd.Adam(params, fused=True), torch_gd.Adam(refs)
     through_dynamo = []
     for step in range(4):
-        for p, q in zip(params, refs):
-            p.grad = torch.randn(p.shape, generator=gen)
-            q.grad = p.grad.clone()
+        same_grads(params, refs, gen)
         for o in (opt, ref):
             o.param_groups[0]["lr"] = 1e-2 / (1 + step)
         versions = [p._version for p in params]
@@ -303,14 +298,11 @@ def test_prepared_calls_follow_changed_flags_and_numbers():
 
     gen = torch.Generator().manual_seed(1)
     shapes = [(_engine.PACK_MAX_NUMEL + 3,), (3, _engine.PACK_MAX_NUMEL // 2 + 1), (7,)]
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, refs = twins(shapes, gen)
     opt, ref = torch_gd.Adam(params, fused=True), torch_gd.Adam(refs)
     prepared_steps = []
     for step in range(8):
-        for p, q in zip(params, refs):
-            p.grad = torch.randn(p.shape, generator=gen)
-            q.grad = p.grad.clone()
+        same_grads(params, refs, gen)
         for o in (opt, ref):
             group = o.param_groups[0]
             group["lr"] = 1e-2 / (1 + step)
@@ -343,14 +335,11 @@ def test_a_coefficient_switched_to_zero_gets_its_own_kernel_called_directly(name
 
     gen = torch.Generator().manual_seed(2)
     shapes = [(_engine.PACK_MAX_NUMEL + 3,), (7,), (3, 4)]
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, refs = twins(shapes, gen)
     kw = {"lr": 1e-2}
     opt, ref = getattr(torch_gd, name)(params, fused=True, **kw), getattr(torch_gd, name)(refs, **kw)
     for step in range(5):
-        for p, q in zip(params, refs):
-            p.grad = torch.randn(p.shape, generator=gen)
-            q.grad = p.grad.clone()
+        same_grads(params, refs, gen)
         if step == 3:
             for o in (opt, ref):
                 o.param_groups[0].update(switch)

@@ -15,7 +15,7 @@ import torch
 import torch_gd
 from torch_gd import _fused, _private
 
-from .helpers import assert_params_close, assert_state_close, tol
+from .helpers import assert_params_close, assert_state_close, same_grads, tol, twins
 
 
 def test_the_setting_decides_as_documented(caplog):
@@ -44,15 +44,12 @@ def test_the_environment_variable_is_read_at_import():
 def test_both_settings_give_the_eager_results(on):
     gen = torch.Generator().manual_seed(0)
     shapes = [(3, 4), (5,), (7, 2), (40000,)] + [(6,)] * 40
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, refs = twins(shapes, gen)
     with _private.switched(on):
         opt = torch_gd.AdamW(params, lr=1e-2, fused=True)
         ref = torch_gd.AdamW(refs, lr=1e-2)
         for step in range(4):
-            for p, q in zip(params, refs):
-                p.grad = torch.randn(p.shape, generator=gen)
-                q.grad = p.grad.clone()
+            same_grads(params, refs, gen)
             opt.step(), ref.step()
             assert_params_close(params, refs, **tol(torch.float32))
             assert_state_close(opt, ref, **tol(torch.float32))
@@ -76,14 +73,11 @@ def test_a_private_api_that_fails_gives_way_to_the_public_path(monkeypatch, capl
     monkeypatch.setattr(_private, "inductor_with_call", changed)
     monkeypatch.setattr(_private, "_reported", set())
     gen = torch.Generator().manual_seed(1)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(3, 4), (5,), (40000,)]]
-    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    params, refs = twins([(3, 4), (5,), (40000,)], gen)
     with _private.switched(True), caplog.at_level(logging.WARNING, logger="torch_gd"):
         opt, ref = torch_gd.SGD(params, lr=0.1, momentum=0.9, fused=True), torch_gd.SGD(refs, lr=0.1, momentum=0.9)
         for _ in range(3):
-            for p, q in zip(params, refs):
-                p.grad = torch.randn(p.shape, generator=gen)
-                q.grad = p.grad.clone()
+            same_grads(params, refs, gen)
             opt.step(), ref.step()
             assert_params_close(params, refs, **tol(torch.float32))
     assert caplog.text.count("using the public path instead") == 1

@@ -38,14 +38,23 @@ try:
 except ImportError:  # a torch built without distributed has no DTensor params either
     _DTensor = None
 
-# A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU)
-# than the three extra passes packing makes over it (~0.4 ns per element here).
+# A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU:
+# the eager rule makes 4-6 ops per tensor) than the three extra passes packing makes over it.
 PACK_MAX_NUMEL = 1 << 15
+# The same trade for fused groups whose kernels are called directly (``_private``): ~4 µs a
+# tensor (a 1-D view of its grad and the call) against ~0.6 ns an element for the copies, and
+# a bucket's own ~25 µs a step (a dozen ops), which fewer than ``FUSED_PACK_MIN_PARAMS``
+# params do not repay (measured on 5-12-tensor models: all per tensor was 10-20% faster).
+FUSED_PACK_MAX_NUMEL = 1 << 12
+FUSED_PACK_MIN_PARAMS = 16
 # Param values pass through a bucket's param buffer this many elements at a time: gathered,
 # updated and written back while they are still in cache (1 MB of fp32 against 1 MB of L2 per
 # core and 32 MB of L3 here), so a packed step streams each param from memory about once, and
 # the buffer costs a chunk rather than a copy of the params.
 CHUNK_NUMEL = 1 << 18
+# ``_Bucket.uniform`` after steps traced by dynamo: every param of the bucket at one step count,
+# which only the step tensors hold (``Engine._stale``).
+_ON_DEVICE = -1
 
 
 @dataclass
@@ -151,6 +160,8 @@ class _Plan:
     launch: Optional[Prepared] = None
     # The last fused step's call (flags, numbers, kernels), reused while they are the same.
     call: Optional[Call] = None
+    # The step counters of ``direct``, as one tensor when they share a device and dtype.
+    direct_counters: Optional[Tensor] = None
 
 
 @dataclass(eq=False)
@@ -189,6 +200,8 @@ class _Work:
     direct: bool = False  # the loose params run through ``plan.direct``
     # State the per-tensor params' step creates, allocated by ``prepare`` (``Engine._allocate``).
     made: dict = field(default_factory=dict)
+    # With ``direct``, the loose params' grads as the prepared calls take them (1-D).
+    direct_grads: Optional[list[Tensor]] = None
 
 
 def _segment_view(flat: Tensor, shape: torch.Size, stride: tuple[int, ...], offset: int) -> Tensor:
@@ -254,6 +267,10 @@ class Engine:
         # Whether GradScaler ever took part: until then the host counts are the device ones,
         # and a steady fused step's numbers are computed on the host (``Prepared.refresh``).
         self._scaled = False
+        # Steps traced by dynamo (a user's ``torch.compile`` around ``step()``) advance the step
+        # tensors and leave the host counts behind: dynamo would guard on each count and compile
+        # the step anew for every value. They set this; the next eager step reads the counts back.
+        self._stale = False
         self._program: Optional[Program] = None
         # Steps run by the recorded program, by the checked path, and group steps whose fused
         # kernels ran from prepared calls (``describe``).
@@ -307,9 +324,12 @@ class Engine:
             plan = work.plan
             work.packed = {b: b.take(gs) for b in plan.buckets}
             work.loose = list(zip(plan.take_loose(plan.params), plan.take_loose(gs)))
-            if work.direct and not _still_direct(plan.direct, work.loose):
-                self._program = None
-                return False
+            if work.direct:
+                # The program has checked every grad's and param's dtype, device and shape.
+                work.direct_grads = _direct_grads(plan.direct, work.loose, checked=True)
+                if work.direct_grads is None:
+                    self._program = None
+                    return False
         for work in program.works:
             self.execute(work, state)
         self.counts_of["replayed"] += 1
@@ -324,13 +344,18 @@ class Engine:
             return plan
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         distinct = _distinct(group["params"])
+        direct = bool(group.get("fused")) and _private.enabled()
+        limit = min(PACK_MAX_NUMEL, FUSED_PACK_MAX_NUMEL) if direct else PACK_MAX_NUMEL
         if group["foreach"] is not False and not group.get("differentiable", False):
             for p in distinct:
-                if (p.numel() <= PACK_MAX_NUMEL and id(p) not in self.sparse and not p.is_sparse
+                if (p.numel() <= limit and id(p) not in self.sparse and not p.is_sparse
                         and not _is_dtensor(p)):
                     by_kind[(p.device, p.dtype)].append(p)
-        # A bucket of one param would only add copies of it: it is updated in place.
-        buckets = [self._pack(ps, keys, on_device, counted, state) for ps in by_kind.values() if len(ps) > 1]
+        # A bucket of one param would only add copies of it: it is updated in place. Small
+        # params whose state has another dtype (``model.double()`` mid-training) are packed
+        # whatever their number: packing converts their state.
+        buckets = [self._pack(ps, keys, on_device, counted, state) for ps in by_kind.values()
+                   if len(ps) >= (FUSED_PACK_MIN_PARAMS if direct and not _retyped(ps, state) else 2)]
         where = {id(p): (b, i) for b in buckets for i, p in enumerate(b.params)}
         position = {id(p): i for i, p in enumerate(distinct)}
         for b in buckets:
@@ -429,6 +454,8 @@ class Engine:
         found_inf), used by fused groups only.
         """
         on_device = bool(group.get("capturable") or group.get("fused"))
+        if self._stale and not torch.compiler.is_compiling():
+            self._recount()
         plan = self._plan(gi, group, keys, on_device, state)
         complete = len(params) == len(plan.params)
         split = self._steady(plan, params, grads, state, metas) if complete else None
@@ -441,7 +468,11 @@ class Engine:
             plan = self._plan(gi, group, keys, on_device, state)
             split = self._split(plan, params, grads, keys, state)
         packed, loose = split
-        direct = whole and plan.direct is not None and _still_direct(plan.direct, loose)
+        # Traced by dynamo (``torch.compile`` around ``step()``), the large params take the
+        # checked path: the prepared views were made outside the trace.
+        prepared = whole and plan.direct is not None and not torch.compiler.is_compiling()
+        direct_grads = _direct_grads(plan.direct, loose, checked=False) if prepared else None
+        direct = direct_grads is not None
         made: dict[int, dict[str, Tensor]] = {}
         if not direct:
             for p, g in loose:
@@ -463,7 +494,8 @@ class Engine:
                 kinds = {(_real_dtype(b.dtype), b.pbuf.device) for b in packed}
                 kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
                 fused.warm(keys, kinds, scalar_dtype())
-        return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made)
+        return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made,
+                     direct_grads)
 
     def execute(self, work: _Work, state: dict) -> None:
         for b, items in work.packed.items():
@@ -480,9 +512,17 @@ class Engine:
             self._tag_amp_step(work)
         # A step that saw every param's state leaves the plan valid until the state changes.
         tracked = isinstance(state, State) and not state.untracked and work.complete
-        work.plan.version = state.version if tracked else None
-        if tracked and work.fused is not None and not work.direct:
+        if tracked and work.fused is not None and not work.direct and not torch.compiler.is_compiling():
             self._prepare_direct(work.plan, work.keys, state, work.fused)
+        work.plan.version = state.version if tracked else None
+
+    def _recount(self) -> None:
+        """After steps traced by dynamo, forget the host counts and the plans built on them:
+        re-packing reads each param's count back from its ``step``, once (as after a load)."""
+        self.counts.clear()
+        self._private_counts.clear()
+        self.invalidate()
+        self._stale = False
 
     def _tag_amp_step(self, work: _Work) -> None:
         """Record that the params of ``work`` took part in this GradScaler step (see
@@ -508,7 +548,7 @@ class Engine:
     def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict, fused: Call) -> None:
         """After a fused step that saw every param, prepare the per-tensor params' kernel calls,
         so that steady steps skip every per-param lookup, view and check but the grad's."""
-        plan.direct = plan.direct_count = plan.launch = None
+        plan.direct = plan.direct_count = plan.launch = plan.direct_counters = None
         entries, counts = [], set()
         for p in plan.take_loose(plan.params):
             if _is_dtensor(p) or p.is_complex() or p.is_meta or is_fake(p):
@@ -533,19 +573,32 @@ class Engine:
             return
         if len({self._amp_tags.get(id(p), 0) for p in plan.take_loose(plan.params)}) > 1:
             return
+        loose = plan.take_loose(plan.params)
+        if len({(e.step.device, e.step.dtype) for e in entries}) == 1:
+            # The counters become views of one tensor, advanced by one op per step (a foreach
+            # add over 0-dim tensors costs ~3 µs each on the CPU).
+            plan.direct_counters = torch.stack([e.step for e in entries])
+            for e, p, view in zip(entries, loose, plan.direct_counters.unbind()):
+                e.step = view
+                if self.spec.uses_step:
+                    state[p]["step"] = self._step_seen[id(p)] = view
+                else:
+                    self._steps[id(p)] = view
         plan.direct = entries
         plan.direct_count = counts.pop()
-        plan.direct_ids = [id(p) for p in plan.take_loose(plan.params)]
+        plan.direct_ids = [id(p) for p in loose]
         plan.direct_steps = [e.step for e in entries]
         plan.launch = fused.prepare(_launch_items(entries))
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
         prepared by ``_prepare_direct``, and one op advancing every step counter."""
-        plan, entries = work.plan, work.plan.direct
-        torch._foreach_add_(plan.direct_steps, 1)
+        plan, entries, grads = work.plan, work.plan.direct, work.direct_grads
+        if plan.direct_counters is not None:
+            plan.direct_counters.add_(1)
+        else:
+            torch._foreach_add_(plan.direct_steps, 1)
         count = plan.direct_count + 1
-        grads = [g.view(-1) if e.contiguous else storage_order(g) for e, (_, g) in zip(entries, work.loose)]
         if plan.launch is not None and plan.launch.fits(work.fused):
             plan.launch(work.fused, grads, count, None if self._scaled else count)
             self.counts_of["prepared"] += 1
@@ -580,8 +633,12 @@ class Engine:
         Param values are gathered every step: an edit through ``p.data`` (weight clipping,
         ``p.data.clamp_()``) leaves no trace in the version counter."""
         count = b.uniform
+        traced = torch.compiler.is_compiling()
+        if count == _ON_DEVICE and not traced:  # a frame dynamo left to run eagerly
+            count = int(b.steps[0])
         direct = _direct_copies(b) if work.fused is not None else None
-        launch = b.launch if work.fused is not None and b.launch is not None and b.launch.fits(work.fused) else None
+        prepared = work.fused is not None and not traced
+        launch = b.launch if prepared and b.launch is not None and b.launch.fits(work.fused) else None
         if launch is not None:
             b.steps.add_(1)
             # A steady step follows a step of every param: for rules without a count, the step
@@ -591,14 +648,16 @@ class Engine:
         self._run_range(b, 0, len(b.params), False, count, work, grads, direct, launch)
         if launch is not None:
             launch.bump()
-        elif work.fused is not None:
+        elif prepared:
             b.launch = work.fused.prepare([
                 (real_view(b.pbuf[:n]).view(-1), real_view(b.gbuf[:n]).view(-1),
                  {k: real_view(b.flat[k][c.start:c.start + n]).view(-1) for k in work.keys}, b.steps[c.lo])
                 for c in b.chunks for n in (b.offsets[c.hi] - c.start,)])
         if direct is not None:
             direct.bump(b.params)
-        if self.spec.uses_step:
+        if self.spec.uses_step and traced:
+            self._stale, b.uniform = True, _ON_DEVICE
+        elif self.spec.uses_step:
             self.counts.update(dict.fromkeys(b.ids, count + 1))
             b.uniform = count + 1
 
@@ -651,8 +710,16 @@ class Engine:
         # Params that share a step count and freshness share one run of rule calls.
         classes: dict[Hashable, list[int]] = defaultdict(list)
         tags = self._amp_tags
+        traced = torch.compiler.is_compiling() and spec.uses_step
         for i, p, _, fresh in items:
-            count = 0 if fresh or not spec.uses_step else self.counts.get(id(p), 0)
+            if fresh or not spec.uses_step:
+                count: Hashable = 0
+            elif traced and self._stale:
+                # Counts left behind by traced steps: params stepped together since share theirs,
+                # any other param runs alone (its numbers come from its own step tensor).
+                count = _ON_DEVICE if b.uniform == _ON_DEVICE else (i,)
+            else:
+                count = self.counts.get(id(p), 0)
             classes[(fresh, count, tags.get(id(p), 0))].append(i)
         for (fresh, count, _), members in classes.items():
             for lo, hi in _runs(members):
@@ -660,15 +727,18 @@ class Engine:
         if direct is not None:
             direct.bump([p for _, p, _, _ in items])
         everyone = len(items) == len(b.params) and len(classes) == 1
-        b.uniform = (next(iter(classes))[1] + 1 if spec.uses_step else 0) if everyone else None
+        if traced:
+            self._stale, b.uniform = True, _ON_DEVICE if everyone else None
+        else:
+            b.uniform = (next(iter(classes))[1] + 1 if spec.uses_step else 0) if everyone else None
         for i, p, _, fresh in items:
             if fresh:
-                st = state[p]
+                st = _state_of(state, p)
                 if spec.uses_step:
                     st["step"] = b.step_views[i]
                 for k in keys:
                     st[k] = b.views[i][k]
-            if spec.uses_step:
+            if spec.uses_step and not traced:
                 self.counts[id(p)] = (0 if fresh else self.counts.get(id(p), 0)) + 1
 
     def _run_range(self, b: _Bucket, lo: int, hi: int, fresh: bool, count: int, work: _Work, grads: Any,
@@ -684,13 +754,16 @@ class Engine:
                 continue
             whole = (clo, chi) == (c.lo, c.hi)
             direct_here = direct if whole else None
-            if whole:
+            # Traced by dynamo, every copy goes through views made in the trace (``_views``): the
+            # runs' views, made outside it, would be graph inputs aliasing the chunk buffers.
+            cat = whole and not torch.compiler.is_compiling()
+            if cat:
                 _gather(grads, c, 2, _views(b, "g", c.rest))
             else:
                 torch._foreach_copy_(_views(b, "g", range(clo, chi)), grads[clo:chi])
             if direct_here is not None:
                 direct_here.gather(b.pbuf, clo, chi)
-            elif whole:
+            elif cat:
                 _gather(b.params, c, 3, _views(b, "p", c.rest))
             else:
                 torch._foreach_copy_(_views(b, "p", range(clo, chi)), b.params[clo:chi])
@@ -712,16 +785,19 @@ class Engine:
             for k, t in zip(keys, tensors):
                 spec.init(k, t, work.group)
         steps = None
+        # Traced by dynamo, the step comes from the step tensors, as in torch's compiled step:
+        # dynamo would guard on a host count (``Engine._stale``).
+        traced = torch.compiler.is_compiling()
         if b.steps is not None:
             steps = b.steps[lo:hi]
             steps.fill_(1) if fresh else steps.add_(1)
             if spec.uses_step:
-                kw["step"] = b.step_views[lo] if work.on_device else count + 1
+                kw["step"] = steps[0] if traced else b.step_views[lo] if work.on_device else count + 1
         g = real_view(b.gbuf[a - c.start:z - c.start])
         p = real_view(b.pbuf[a - c.start:z - c.start])
         if work.fused is not None:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
-                       self._shared(count + 1, b.ids[lo]) if spec.uses_step else None)
+                       self._shared(count + 1, b.ids[lo]) if spec.uses_step and not traced else None)
             return
         kw["first"], kw["scratch"] = fresh, g
         kw.update(zip(keys, tensors))
@@ -757,8 +833,9 @@ class Engine:
         tensors: list[Tensor] = []
         fresh, steps = False, None
         made = work.made.get(id(p), _EMPTY)
+        traced = torch.compiler.is_compiling()  # the step from its tensor (``_run_piece``)
         if keys or spec.uses_step:
-            st = state[p]
+            st = _state_of(state, p)
             fresh = self._fresh(st, keys)
             # In torch's key order: ``step`` first, then the rule's keys.
             for k, t in made.items():
@@ -768,16 +845,19 @@ class Engine:
                 seen = self._step_seen.get(id(p))
                 if seen is not None and st["step"] is not seen:
                     self.counts.pop(id(p), None)  # replaced by the user: read it again
-                count = 0 if fresh else self._count(p, st)
+                count = 0 if fresh or traced else self._count(p, st)
                 steps = st["step"]
                 self._step_seen[id(p)] = steps
                 steps += 1
-                self.counts[id(p)] = count + 1
-                kw["step"] = steps if work.on_device else count + 1
+                if traced:
+                    self._stale = True
+                else:
+                    self.counts[id(p)] = count + 1
+                kw["step"] = steps if work.on_device or traced else count + 1
             tensors = [st[k] for k in keys]
         if work.fused is not None and steps is None:
             steps = self._private_step(p, fresh, made.get(_PRIVATE_STEP))
-        count = self._shared(self.counts[id(p)], id(p)) if spec.uses_step else None
+        count = self._shared(self.counts[id(p)], id(p)) if spec.uses_step and not traced else None
         if _is_dtensor(p):
             # FSDP2/DTensor params: the update is elementwise, so each rank updates its local
             # shard (the state stays DTensor, as distributed checkpointing expects).
@@ -820,7 +900,10 @@ class Engine:
         step = self._steps.get(id(p))
         if made is not None:
             step = self._steps[id(p)] = made
-        self._private_counts[id(p)] = 1 if fresh else self._private_counts.get(id(p), 1) + 1
+        if torch.compiler.is_compiling():
+            self._stale = True
+        else:
+            self._private_counts[id(p)] = 1 if fresh else self._private_counts.get(id(p), 1) + 1
         return step.add_(1)
 
     def _fresh(self, st: dict, keys: tuple[str, ...]) -> bool:
@@ -837,6 +920,17 @@ class Engine:
 
 
 _EMPTY: dict = {}
+
+
+def _state_of(state: dict, p: Tensor) -> dict:
+    """``state[p]``, made if missing. Traced by dynamo, without ``defaultdict.__missing__``, which
+    it cannot trace: the graph break would leave the rest of the step to run eagerly."""
+    if not torch.compiler.is_compiling():
+        return state[p]
+    st = state.get(p)
+    if st is None:
+        st = state[p] = state.default_factory() if isinstance(state, defaultdict) else {}
+    return st
 # ``Engine._allocate``'s key for a fused rule's private step counter.
 _PRIVATE_STEP = "_private_step"
 
@@ -857,6 +951,15 @@ def _f64(v: Any) -> Any:
 
 def _is_dtensor(t: Tensor) -> bool:
     return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def _retyped(params: list[Tensor], state: dict) -> bool:
+    """Whether a param's state tensors are of another dtype than the param."""
+    for p in params:
+        for v in state.get(p, _EMPTY).values():
+            if isinstance(v, Tensor) and v.dim() and v.dtype != p.dtype:
+                return True
+    return False
 
 
 def _distinct(params: list[Tensor]) -> list[Tensor]:
@@ -935,8 +1038,8 @@ grad_meta = operator.attrgetter("dtype", "layout", "device", "shape")
 
 def _direct_copies(b: _Bucket) -> Optional[Scatter]:
     """The bucket's copies through param addresses, (re)built when the params moved; None
-    where they cannot be used."""
-    if b.scatter is False:
+    where they cannot be used, or dynamo traces the step (it cannot trace the copy loop)."""
+    if b.scatter is False or torch.compiler.is_compiling():
         return None
     if b.scatter is None or not b.scatter.valid():
         built = Scatter(b.params, b.offsets, b.pbuf.element_size()) if Scatter.fits(b.params, b.dtype, b.layouts) else None
@@ -949,14 +1052,25 @@ def _launch_items(entries: list[_Direct]) -> list[tuple]:
     return [(e.p, None, e.states, e.step) for e in entries]
 
 
-def _still_direct(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]]) -> bool:
-    """Whether the prepared calls still describe these params (not rebound by ``p.data = ...``)
-    and their grads (the param's shape, dtype, device and layout)."""
+def _direct_grads(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]], checked: bool) -> Optional[list[Tensor]]:
+    """The grads of params with prepared calls, 1-D as the calls take them, if the calls still
+    describe the params (not rebound by ``p.data = ...``) and their grads (the param's layout,
+    and unless ``checked`` already, its shape, dtype and device); else None."""
+    grads = []
     for e, (p, g) in zip(entries, loose):
-        if (p.data_ptr() != e.address or p.stride() != e.stride or p.shape != e.shape or g.stride() != e.stride
-                or g.shape != e.shape or g.dtype is not e.dtype or g.device != e.device):
-            return False
-    return True
+        if p.data_ptr() != e.address or p.stride() != e.stride:
+            return None
+        if not checked and (p.shape != e.shape or g.shape != e.shape or g.dtype is not e.dtype or g.device != e.device):
+            return None
+        if e.contiguous:
+            if not g.is_contiguous():
+                return None
+            grads.append(g.view(-1))
+        elif g.stride() == e.stride:
+            grads.append(storage_order(g))
+        else:
+            return None
+    return grads
 
 
 def _picker(positions: list[int]) -> Callable[[list], Any]:

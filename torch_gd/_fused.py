@@ -368,15 +368,19 @@ class Call:
 
     def warm(self, keys: tuple[str, ...], kinds: set, step_dtype: torch.dtype) -> None:
         """Compile every kernel this step needs on dummies before anything is
-        updated: a missing compiler fails here, with nothing half-applied."""
+        updated: a missing compiler fails here, with nothing half-applied. Traced by dynamo (a
+        user's ``torch.compile`` around ``step()``) there is nothing to compile: see ``__call__``."""
+        if torch.compiler.is_compiling():
+            return
         for dtype, device in kinds:
+            compiled = self._kernel(dtype, device)
             key = _key(self.rule, self._traced, dtype, device)
             if key in _WARM:
                 continue
             make = lambda: torch.zeros(_WARM_NUMEL, dtype=dtype, device=device)  # noqa: E731
             scalars = self._dynamic(self.scalars(device), torch.ones((), dtype=step_dtype, device=device), dtype)
             try:
-                self._kernel(dtype, device)(make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
+                compiled(make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
             except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same advice
                 raise compiler_error(exc) from exc
             _WARM.add(key)
@@ -385,8 +389,8 @@ class Call:
         """Calls for these 1-D params, their grads (None: given at each step), states and step
         counters, prepared once for steps with this call's flags and numbers (``Prepared``);
         None where a kernel has not been called with this signature yet, or GradScaler takes
-        part."""
-        if self.grad_scale is not None or self.found_inf is not None:
+        part or dynamo traces the step."""
+        if self.grad_scale is not None or self.found_inf is not None or torch.compiler.is_compiling():
             return None
         boxes: dict[tuple, dict[str, Tensor]] = {}
         firsts: dict[tuple, Tensor] = {}
@@ -430,10 +434,15 @@ class Call:
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], steps: Tensor, count: Optional[Hashable] = None) -> None:
         """Update 1-D ``p`` and ``states`` in place; ``steps`` (the run's step counters,
         already advanced) are wound back where GradScaler found infs. ``count``: see
-        ``step_numbers``."""
+        ``step_numbers``.
+
+        Traced by dynamo (a user's ``torch.compile`` around ``step()``), the kernel's body runs
+        inline, so that the user's compile puts it in their graph, as it does torch's fused
+        optimizers: a call into our own compiled kernel from inside their trace would make dynamo
+        trace its wrappers and the views it keeps."""
         scalars = self.step_numbers(steps, count, p.device, p.dtype)
         grad_scale, found_inf = self._amp(p.device)
-        if p.numel() < 2:
+        if p.numel() < 2 or torch.compiler.is_compiling():
             _apply(self.rule, self._traced, p, g, states, scalars, grad_scale, found_inf)
         else:
             self._kernel(p.dtype, p.device)(p, g, states, scalars, grad_scale, found_inf)

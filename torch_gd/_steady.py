@@ -18,7 +18,6 @@ import itertools
 import operator
 from typing import Any, Callable, Optional
 
-import torch
 from torch import Tensor
 
 from ._state import State
