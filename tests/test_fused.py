@@ -217,9 +217,8 @@ for _ in range(7):
 def test_a_compiled_fused_step_does_not_recompile_every_step():
     """The tutorial pattern ``torch.compile(opt.step)``: dynamo traces the engine, and a host
     step count used as a key of the step's shared numbers was guarded on, so every step
-    compiled anew until dynamo's recompile limit. In its own process: a compiled fused step
-    leaves dynamo state behind that makes a later compiled training step in the same process
-    fail inside Inductor (RecursionError; not understood yet, see the README)."""
+    compiled anew until dynamo's recompile limit. In its own process, so that dynamo's
+    counters and caches start empty."""
     import subprocess
     import sys
 

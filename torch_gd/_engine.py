@@ -1,7 +1,8 @@
 """The engine: buckets, packing and the paths (per-tensor, packed, fused) every optimizer shares.
 
-Per param group, params are split by size. Small ones (at most ``PACK_MAX_NUMEL`` elements) are
-packed per (device, dtype) into a bucket: their state lives in one flat buffer per state key, and
+Per param group, params are split by size. Small ones (at most ``PACK_MAX_NUMEL`` elements, or
+``FUSED_PACK_MAX_NUMEL`` in fused groups whose kernels are called directly, and at least two, or
+``FUSED_PACK_MIN_PARAMS`` there, of one kind) are packed per (device, dtype) into a bucket: their state lives in one flat buffer per state key, and
 ``optimizer.state[p]`` holds views of it in torch's key names and the param's shape and strides.
 Each step gathers their grads and values into flat scratch buffers, runs the rule once over the
 flat buffers, and copies the new values back, so a step costs a few ops per bucket instead of a
@@ -12,6 +13,10 @@ Packing keeps torch's per-param semantics: params whose grad is None are neither
 written back, and params that differ in how many steps they have taken (a late first grad, a load
 of a checkpoint) are updated in separate runs of the flat buffers, each with its own step count.
 The fused path (``_fused``) runs the compiled rule where the eager paths call the rule itself.
+
+``prepare`` does all that can fail for one group (checks, re-packing, allocation, compiling) and
+``execute`` only writes; a step that finds nothing changed replays the last checked step's work
+(``record``/``replay``, ``_steady.Program``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from ._ops import real_view
 from ._fused import Call, Prepared, storage_order
 from ._scatter import Scatter
 from ._state import State
-from ._steady import Program, param_kind
+from ._steady import Program, grad_meta, param_kind
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
@@ -1030,10 +1035,6 @@ def _views(b: _Bucket, which: str, indices: Any) -> list[Tensor]:
     return out
 
 
-# What a step checks of every grad, read by the optimizer in one pass (each pass over the grads
-# costs ~0.3 µs a grad once a step's traffic has evicted them); ``_Bucket.metas`` holds what
-# they must be.
-grad_meta = operator.attrgetter("dtype", "layout", "device", "shape")
 
 
 def _direct_copies(b: _Bucket) -> Optional[Scatter]:

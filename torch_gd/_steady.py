@@ -86,7 +86,10 @@ class Program:
         except AttributeError:  # a grad is None
             return None
         for i, (get, group) in enumerate(zip(self.getters, groups)):
-            values = get(group)
+            try:
+                values = get(group)
+            except KeyError:  # a setting was deleted from the group
+                return None
             if tuple(map(type, values)) != self.types[i]:
                 return None
             if values != self.values[i] and not self._renumber(i, values):
