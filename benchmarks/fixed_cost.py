@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence
 from torch_gd.benchmark import groups, sets
 from torch_gd.benchmark.optimizers import IMPLS, OPTIMIZERS, TORCH
 from torch_gd.benchmark.run import Config, run
+from torch_gd.benchmark.timing import TIMERS
 
 RESULTS = Path(__file__).parent / "results"
 GROUP_SETS = ("resnet50", "vit_b_16")
@@ -49,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--groups", nargs="+", choices=groups.LAYOUTS, default=list(groups.LAYOUTS),
                     help="layouts of the group sets; one, the baseline of the ratios, is always timed")
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--timer", choices=TIMERS, default="wall",
+                    help="wall time, or the process's CPU time (robust to other processes' load)")
     ap.add_argument("--steps-per-round", type=int, default=Config.steps_per_round)
     ap.add_argument("--json", type=Path, default=RESULTS / "fixed_cost_cpu.json")
     return ap
@@ -82,7 +85,8 @@ def _part(args: argparse.Namespace, set_names: Sequence[str], impls: Sequence[st
     if not set_names:
         return None
     config = Config(optimizers=args.optimizers, sets=set_names, impls=impls, groups=layouts, device="cpu",
-                    rounds=args.rounds, steps_per_round=args.steps_per_round, memory=False, compile_time=False)
+                    rounds=args.rounds, steps_per_round=args.steps_per_round, memory=False, compile_time=False,
+                    timer=args.timer)
     return run(config, command)
 
 

@@ -19,7 +19,7 @@ import torch
 
 from torch_gd.benchmark import cli, groups, isolated, measure, optimizers, progress, sets
 from torch_gd.benchmark.run import Config, run
-from torch_gd.benchmark.timing import EventTimer, WallTimer, timer_for
+from torch_gd.benchmark.timing import CpuTimer, EventTimer, WallTimer, timer_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ ROW_TYPES = {
     "second_step_ms": (float, type(None)),
 }
 META_TYPES = {"torch_gd": str, "torch": str, "device": str, "device_name": str, "dtype": str, "threads": int,
-              "machine": str, "command": str, "rounds": int, "steps_per_round": int, "notes": list,
+              "machine": str, "command": str, "rounds": int, "steps_per_round": int, "timer": str, "notes": list,
               "load_average": (float, type(None))}
 
 
@@ -366,9 +366,21 @@ def test_event_timer_times_between_events_after_synchronizing():
 
 def test_timer_for_picks_the_device_timer():
     assert isinstance(timer_for("cpu"), WallTimer)
+    assert isinstance(timer_for("cpu", "cpu"), CpuTimer)
+    assert isinstance(timer_for("cuda", "cpu"), EventTimer)  # events are the device's time
     cuda = timer_for("cuda:1")
     assert isinstance(cuda, EventTimer)
     assert cuda.event is torch.cuda.Event and cuda.synchronize is torch.cuda.synchronize
+
+
+def test_the_cpu_timer_counts_work_not_waiting():
+    """A call that sleeps takes wall time and almost no CPU time; one that computes takes both."""
+    import time
+
+    timer = CpuTimer()
+    assert timer.seconds(lambda: time.sleep(0.05)) < 0.01
+    busy = timer.seconds(lambda: sum(range(2_000_000)))
+    assert busy > 0.005
 
 
 class ScriptedTimer:

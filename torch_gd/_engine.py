@@ -35,7 +35,7 @@ from ._private import is_fake
 from ._ops import real_view
 from ._fused import Call, Prepared, storage_order
 from ._scatter import Scatter
-from ._state import State
+from ._state import State, repoint
 from ._steady import Program, grad_meta, param_kind
 
 try:
@@ -586,7 +586,8 @@ class Engine:
             for e, p, view in zip(entries, loose, plan.direct_counters.unbind()):
                 e.step = view
                 if self.spec.uses_step:
-                    state[p]["step"] = self._step_seen[id(p)] = view
+                    repoint(state[p], "step", view)
+                    self._step_seen[id(p)] = view
                 else:
                     self._steps[id(p)] = view
         plan.direct = entries

@@ -92,3 +92,10 @@ class State(_Counting, defaultdict):
 
     def __reduce__(self) -> tuple:
         return defaultdict, (dict, {k: dict(v) if isinstance(v, dict) else v for k, v in self.items()})
+
+
+def repoint(st: dict, key: str, value: Any) -> None:
+    """``st[key] = value`` without counting a change: for the engine's own moves of a state
+    tensor to an equal one it owns (a step counter into a shared tensor). Counted, a move made
+    while one group executes would make every other group's plan stale at the next step."""
+    dict.__setitem__(st, key, value)

@@ -22,6 +22,7 @@ import torch
 from . import groups, report, sets
 from .optimizers import IMPLS, OPTIMIZERS
 from .run import Config, run
+from .timing import TIMERS
 
 QUICK = {"sets": sets.QUICK, "rounds": 3, "steps_per_round": 2, "memory": False, "compile_time": False}
 FULL = {key: getattr(Config(), key) for key in QUICK}
@@ -64,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
                          "per tensor) (default: one)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds; the median over them is reported (default 7)")
     ap.add_argument("--steps-per-round", type=int, help="steps a round takes the median of (default 3)")
+    ap.add_argument("--timer", choices=TIMERS, default="wall",
+                    help="CPU step times as wall time, or as the process's CPU time, which another "
+                         "process's load does not inflate (default: wall)")
     ap.add_argument("--quick", action="store_true",
                     help="seconds: set 200x1000, 3 rounds of 2 steps, no memory or compile-time measurements")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction,
@@ -83,7 +87,7 @@ def config(args: argparse.Namespace) -> Config:
     given = {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
     chosen = {**(QUICK if args.quick else FULL), **given}
     return Config(optimizers=args.optimizers, impls=args.impls, groups=args.groups, device=args.device,
-                  dtype=args.dtype, **chosen)
+                  dtype=args.dtype, timer=args.timer, **chosen)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:

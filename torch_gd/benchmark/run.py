@@ -39,6 +39,8 @@ class Config:
     steps_per_round: int = 3
     memory: bool = True
     compile_time: bool = True
+    # CPU step times as wall time, or as the process's CPU time ("cpu": for a shared machine).
+    timer: str = "wall"
 
 
 def run(config: Config, command: str = "", make_progress: Callable[[int], Progress] = progress) -> dict[str, Any]:
@@ -85,7 +87,7 @@ def _missing(optimizer: str, config: Config) -> dict[str, str]:
 
 def _timed(config: Config, impls: dict[str, list[str]], bar: Progress) -> tuple[list[dict], list[dict]]:
     """Step times of every case and a triad per set, building each set once."""
-    timer, dtype = timer_for(config.device), sets.DTYPES[config.dtype]
+    timer, dtype = timer_for(config.device, config.timer), sets.DTYPES[config.dtype]
     rows, triads = [], []
     for set_name in config.sets:
         names, params = sets.named_parameters(set_name, config.device, dtype)
@@ -177,7 +179,7 @@ def meta(config: Config, command: str, notes: list[str]) -> dict[str, Any]:
         "device": config.device, "device_name": torch.cuda.get_device_name(config.device) if cuda else _cpu_name(),
         "dtype": config.dtype, "threads": torch.get_num_threads(), "machine": platform.machine(),
         "platform": platform.platform(), "command": command, "rounds": config.rounds,
-        "steps_per_round": config.steps_per_round,
+        "steps_per_round": config.steps_per_round, "timer": config.timer,
         "hyperparameters": {opt: OPTIMIZERS[opt].kwargs for opt in config.optimizers},
         "load_average": _load(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "notes": notes,

@@ -23,6 +23,18 @@ class WallTimer:
         return time.perf_counter() - start
 
 
+class CpuTimer:
+    """CPU time of this process (all its threads): on a shared machine another process's load
+    does not count against the call, as it does in wall time (descheduled time). It still
+    counts what OpenMP's worker threads spend, spinning included, and cache and bandwidth
+    contention still slow the call."""
+
+    def seconds(self, fn: Callable[[], Any]) -> float:
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+
+
 class EventTimer:
     """Device time between two CUDA events around the call.
 
@@ -46,6 +58,12 @@ class EventTimer:
         return start.elapsed_time(end) / 1e3
 
 
-def timer_for(device: str) -> Timer:
-    """The timer that measures work on ``device`` ("cpu" or "cuda[:n]")."""
-    return EventTimer() if torch.device(device).type == "cuda" else WallTimer()
+TIMERS = ("wall", "cpu")
+
+
+def timer_for(device: str, kind: str = "wall") -> Timer:
+    """The timer that measures work on ``device`` ("cpu" or "cuda[:n]"): CUDA events there; on
+    the CPU wall time, or with ``kind="cpu"`` the process's CPU time."""
+    if torch.device(device).type == "cuda":
+        return EventTimer()
+    return CpuTimer() if kind == "cpu" else WallTimer()
