@@ -36,7 +36,7 @@ from ._ops import real_view
 from ._fused import Call, Prepared, storage_order
 from ._scatter import Scatter
 from ._state import State, repoint
-from ._steady import Program, grad_meta, param_kind
+from ._steady import Program, param_kind
 
 try:
     from torch.distributed.tensor import DTensor as _DTensor
@@ -555,7 +555,8 @@ class Engine:
         so that steady steps skip every per-param lookup, view and check but the grad's."""
         plan.direct = plan.direct_count = plan.launch = plan.direct_counters = None
         entries, counts = [], set()
-        for p in plan.take_loose(plan.params):
+        loose = plan.take_loose(plan.params)
+        for p in loose:
             if _is_dtensor(p) or p.is_complex() or p.is_meta or is_fake(p):
                 return
             st = state.get(p, _EMPTY)
@@ -576,9 +577,8 @@ class Engine:
                                    states, step))
         if not entries or len(counts) > 1 or None in counts:
             return
-        if len({self._amp_tags.get(id(p), 0) for p in plan.take_loose(plan.params)}) > 1:
+        if len({self._amp_tags.get(id(p), 0) for p in loose}) > 1:
             return
-        loose = plan.take_loose(plan.params)
         if len({(e.step.device, e.step.dtype) for e in entries}) == 1:
             # The counters become views of one tensor, advanced by one op per step (a foreach
             # add over 0-dim tensors costs ~3 µs each on the CPU).

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from ._state import State
 
-_grad = operator.attrgetter("grad")
+grad = operator.attrgetter("grad")
+_params = operator.itemgetter("params")
 # What a step checks of every grad: (dtype, layout, device, shape).
 grad_meta = operator.attrgetter("dtype", "layout", "device", "shape")
 # And of every param: ``p.data = ...`` may have given it another dtype or shape than its grad.
@@ -73,13 +74,13 @@ class Program:
         else None (nothing was changed either way)."""
         if state.version != self.version or state.untracked or len(groups) != len(self.groups):
             return None
-        if not all(map(operator.is_, groups, self.groups)) or not all(map(operator.is_, map(operator.itemgetter("params"), groups), self.lists)):
+        if not all(map(operator.is_, groups, self.groups)) or not all(map(operator.is_, map(_params, groups), self.lists)):
             return None
         params = list(itertools.chain.from_iterable(self.lists))
         if (len(params) != len(self.params) or not all(map(operator.is_, params, self.params))
                 or list(map(param_kind, params)) != self.kinds):
             return None
-        grads = list(map(_grad, params))
+        grads = list(map(grad, params))
         try:
             if list(map(grad_meta, grads)) != self.metas:
                 return None

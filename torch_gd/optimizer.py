@@ -17,11 +17,11 @@ from torch import Tensor
 
 from . import _checks
 from ._private import use_grad_for_differentiable
-from ._engine import Engine, Spec, grad_meta, scalar_dtype
+from ._engine import Engine, Spec, scalar_dtype
 from ._state import State
+from ._steady import grad, grad_meta
 
 
-_grad = operator.attrgetter("grad")
 _layout = operator.itemgetter(1)
 _is_none = functools.partial(operator.is_, None)
 
@@ -200,7 +200,7 @@ class Optimizer(torch.optim.Optimizer):
         result); we update each distinct param once.
         """
         params: list[Tensor] = group["params"]
-        grads = list(map(_grad, params))
+        grads = list(map(grad, params))
         if not self._distinct(group) or any(map(_is_none, grads)):
             seen: set[int] = set()
             kept = [(p, g) for p, g in zip(params, grads)
