@@ -7,9 +7,14 @@ import copy
 import math
 from typing import Iterator
 
+import pytest
 import torch
 
 from torch_gd import _engine
+
+# Tests that fake a "cuda" device (FakeTensorMode) need a torch built with CUDA, GPU or not.
+needs_cuda_build = pytest.mark.skipif(
+    not torch.backends.cuda.is_built(), reason="faking a 'cuda' device needs a torch built with CUDA; this one is CPU-only")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import torch_gd
 from torch_gd import _engine, _fused, _private
 
-from .helpers import assert_params_close, assert_state_close, same_grads, tol, twins
+from .helpers import assert_params_close, assert_state_close, needs_cuda_build, same_grads, tol, twins
 from .registry import CASES
 
 cases = pytest.mark.parametrize("case", CASES, ids=repr)
@@ -351,6 +351,7 @@ def test_a_coefficient_switched_to_zero_gets_its_own_kernel_called_directly(name
     assert switched and all(bool(k["direct"]) == _private.enabled() for k in switched)
 
 
+@needs_cuda_build
 @cases
 def test_fused_traces_for_a_fake_cuda_device(case):
     """Inductor cannot build CUDA kernels without a driver; dynamo with aot_eager can trace the

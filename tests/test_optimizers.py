@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 
 from torch_gd import _engine
 
-from .helpers import assert_params_close, assert_state_close, clone_kwargs, pack_max_numel, tol
+from .helpers import assert_params_close, assert_state_close, clone_kwargs, needs_cuda_build, pack_max_numel, tol
 from .registry import CASES
 from .strategies import DTYPES, make_grad, make_param, param_specs, grad_patterns
 
@@ -398,6 +398,7 @@ def _accepts(cls, name: str) -> bool:
     return name in inspect.signature(cls).parameters
 
 
+@needs_cuda_build
 @cases
 @pytest.mark.parametrize("capturable", [False, True])
 @pytest.mark.parametrize("foreach", [None, False])

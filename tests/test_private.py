@@ -82,3 +82,25 @@ def test_a_private_api_that_fails_gives_way_to_the_public_path(monkeypatch, capl
             assert_params_close(params, refs, **tol(torch.float32))
     assert caplog.text.count("using the public path instead") == 1
     assert all(not k["direct"] for k in opt.describe()["kernels"])
+
+
+def test_a_first_fused_step_prints_nothing():
+    """The first kernel build of a process imports torch.utils.cpp_extension, which on a CUDA
+    build of torch without a GPU logs a CUDA_HOME notice (where nvcc or /usr/local/cuda exists);
+    a fused step, like torch's, prints nothing. Both the kernel compile and the C++ copy loop."""
+    code = ("import torch, torch_gd\n"
+            "ps = [torch.nn.Parameter(torch.randn(3, 4)) for _ in range(20)]\n"
+            "opt = torch_gd.AdamW(ps, fused=True)\n"
+            "for p in ps: p.grad = torch.randn_like(p)\n"
+            "opt.step(); opt.step()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "" and out.stderr == "", out.stderr
+
+
+def test_the_quiet_builder_drops_only_the_cuda_home_notice(caplog):
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    with caplog.at_level(logging.WARNING, logger=logger.name), _private.quiet_cpp_builder():
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+        logger.warning("another notice")
+    assert [r.getMessage() for r in caplog.records] == ["another notice"]
+    assert not logger.filters

@@ -138,13 +138,15 @@ class _Kernel:
         self._call, self._captured = args, None
         self.dynamo_calls += 1
         try:
-            self.compiled(*args)
+            with _private.quiet_cpp_builder():
+                self.compiled(*args)
         except Exception as exc:
             cause = _private_cause(exc)
             if cause is None:
                 raise
             self._public(cause)
-            self.compiled(*args)
+            with _private.quiet_cpp_builder():
+                self.compiled(*args)
         finally:
             self._call = None
         if self._captured is not None:

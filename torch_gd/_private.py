@@ -147,7 +147,8 @@ def load_cpp(signature: list[str], source: str) -> Optional[Callable[..., Any]]:
     try:
         from torch._inductor.codecache import CppPythonBindingsCodeCache
 
-        return CppPythonBindingsCodeCache.load_pybinding(signature, source)
+        with quiet_cpp_builder():
+            return CppPythonBindingsCodeCache.load_pybinding(signature, source)
     except Exception as exc:  # noqa: BLE001 - no compiler, or the loader changed: copy with foreach
         report("building the C++ copy loop", exc)
         return None
@@ -184,3 +185,22 @@ def fused_devices() -> list[str]:
     except ImportError:
         return ["cuda", "xpu", "mps", "cpu"]
     return _get_fused_kernels_supported_devices()
+
+
+class _NoCudaHomeNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+@contextlib.contextmanager
+def quiet_cpp_builder() -> Iterator[None]:
+    """Inductor's C++ builder imports ``torch.utils.cpp_extension``, which on a CUDA build of torch
+    without a GPU logs "No CUDA runtime is found, using CUDA_HOME=..." once per process: a note
+    for people building CUDA extensions, irrelevant to a CPU kernel (torch's own fused step,
+    which compiles nothing, never prints it). Drop just that record while a kernel compiles."""
+    logger, notice = logging.getLogger("torch.utils.cpp_extension"), _NoCudaHomeNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
