@@ -1,5 +1,11 @@
 """Pieces the example scripts share: their command line, the generated spiral data set, and
-saving a figure (or saying why not)."""
+saving a figure (or saying why not).
+
+A run writes its picture to ``runs/`` (git-ignored), not to ``output/``, which holds the committed
+pictures the README shows: their pixels depend on the machine (the ResNet-18 losses of drop_in.py
+differ between 1 and 2 threads, gd_variants.py plots its own timings) and on the matplotlib
+version, so a run into ``output/`` would leave a fresh checkout modified. To update a committed
+picture, pass ``--out examples/output/<name>.png``."""
 
 from __future__ import annotations
 
@@ -12,10 +18,12 @@ import torch
 
 def arguments(doc: str, png: str, smoke: str) -> argparse.ArgumentParser:
     """A parser with the flags every example has: ``--smoke`` (described by ``smoke``) and
-    ``--out`` (default ``output/<png>`` beside the examples); the caller adds its own."""
+    ``--out`` (default ``runs/<png>`` beside the examples); the caller adds its own."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help=f"{smoke}, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output" / png)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "runs" / png,
+                        help="where to save the picture (default: %(default)s, git-ignored; "
+                             f"examples/output/{png} is the committed one)")
     return parser
 
 
@@ -43,8 +51,11 @@ def save(fig, out: Path) -> None:
     """Write ``fig`` to ``out`` (creating its folder), close it, and say where it went."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # one that chose its own (constrained, for a legend outside) keeps it
+        fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    # No "Software: Matplotlib version ..." chunk: a committed picture redrawn with a newer
+    # matplotlib that renders the same pixels then keeps the same bytes.
+    fig.savefig(out, dpi=110, metadata={"Software": None})
     plt.close(fig)
     print(f"saved {out}")

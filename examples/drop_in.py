@@ -4,7 +4,7 @@ The only difference between the two runs is the optimizer class. Both start from
 weights and see the same batches, so their losses should agree step for step. The data is made
 here, no download needed: each of 10 classes is a fixed random 32x32 image, and a sample is its
 class image plus noise, so the model has something to learn. Prints both loss columns and the
-largest parameter difference, and saves examples/output/drop_in.png when matplotlib is installed.
+largest parameter difference, and saves examples/runs/drop_in.png when matplotlib is installed.
 
     python examples/drop_in.py            # 30 steps, about a minute on 2 cores
     python examples/drop_in.py --smoke    # 3 steps, seconds
@@ -53,7 +53,8 @@ def plot(torch_losses: list[float], gd_losses: list[float], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, torch_losses, lw=3, alpha=0.5, label="torch.optim.SGD")
     ax.plot(steps, gd_losses, "k--", lw=1, label="torch_gd.SGD")
-    ax.set(xlabel="step", ylabel="training loss", title="ResNet-18, same data: the curves coincide")
+    ax.set(xlabel="step (optimizer step, one batch each)", ylabel="training loss (cross-entropy)",
+           title="ResNet-18, same weights and batches:\ntorch_gd.SGD's loss (dashed) lies on torch.optim.SGD's (wide)")
     ax.legend()
     save(fig, out)
 

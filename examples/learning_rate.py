@@ -91,16 +91,18 @@ def plot(results: dict[str, tuple[list[float], list[float]]], best: float, two_o
         fraction = RUNS[label][0]
         excess = [max(loss - best, 1e-8) for loss in losses]
         line, = loss_ax.plot(excess, label=f"{label} (lr = {fraction:g}·2/L)")
-        lr_ax.plot(lrs, color=line.get_color())
+        lr_ax.plot(lrs, color=line.get_color(), label=label)
         if len(lrs) < steps:  # diverged: mark where, and keep its lr visible in the lr panel
             loss_ax.plot(len(excess) - 1, excess[-1], "x", color=line.get_color(), ms=10, mew=2)
             lr_ax.hlines(lrs[-1], len(lrs), steps, color=line.get_color(), ls=":", label=f"{label}, after it diverged")
-    loss_ax.set(yscale="log", xlabel="step", ylabel="training loss − least-squares minimum",
-                title="Training loss (× = stopped: diverged)")
+    loss_ax.set(yscale="log", xlabel="step", ylabel="training loss − least-squares minimum (MSE)",
+                title="Too small crawls, too large diverges (× = stopped),\nthe schedule decays below the noise floor")
     loss_ax.legend(fontsize=8)
     lr_ax.axhline(two_over_l, color="black", ls="--", lw=1, label=f"2/L = {two_over_l:.3f}: stability limit")
-    lr_ax.set(ylim=(-0.03, None), xlabel="step", ylabel="learning rate", title="Learning rate per step")
-    lr_ax.legend(fontsize=8, loc="center right")
+    top = 1.6 * max(max(lrs) for _, lrs in results.values())  # headroom above the lines for the legend
+    lr_ax.set(ylim=(-0.03, top), xlabel="step", ylabel="learning rate",
+              title="Learning rate per step: only the too-large one\nis above the stability limit 2/L")
+    lr_ax.legend(fontsize=7.5, loc="upper center", ncol=2)
     for ax in (loss_ax, lr_ax):
         ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"Linear regression, mini-batch SGD (batch {BATCH}), torch_gd.SGD")

@@ -3,7 +3,7 @@
 Each panel steps a torch_gd scheduler on a one-parameter SGD with base lr 0.1 (solid line) and,
 where torch has the scheduler, torch.optim.lr_scheduler's with the same arguments (dashed line on
 top: the two coincide). Prints a summary with the largest relative difference from torch, and
-saves examples/output/schedules.png when matplotlib is installed.
+saves examples/runs/schedules.png when matplotlib is installed.
 
     python examples/plot_schedules.py            # 1000 steps
     python examples/plot_schedules.py --smoke    # 150 steps, about a second
@@ -21,7 +21,7 @@ from torch.optim import lr_scheduler as torch_sched
 
 from torch_gd import lr_scheduler as gd_sched
 
-from _common import arguments, can_plot
+from _common import arguments, can_plot, save
 
 BASE_LR = 0.1
 
@@ -121,7 +121,7 @@ def plot(data: dict[str, dict[str, list[float]]], out: Path) -> None:
 
     cols = 3
     rows = math.ceil(len(data) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.3 * rows), sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.3 * rows + 0.4), sharex=True, layout="constrained")
     for ax, (name, lines) in zip(axes.flat, data.items()):
         for label, lrs in lines.items():
             style = dict(lw=1.0, ls="--", color="black", label=label) if label == "torch" else dict(lw=2.0, label=label)
@@ -132,22 +132,23 @@ def plot(data: dict[str, dict[str, list[float]]], out: Path) -> None:
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         if name == "WarmupStableDecayLR":
-            ax.legend(title="decay_type", fontsize=7, title_fontsize=7, loc="lower center")
+            ax.legend(title="decay_type (same until the decay)", fontsize=7, title_fontsize=7, loc="lower center")
     for ax in axes.flat[len(data):]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("step", fontsize=9)
     for ax in axes[:, 0]:
-        ax.set_ylabel("lr", fontsize=9)
+        ax.set_ylabel("learning rate", fontsize=9)
+    # One legend for all panels, from the first, which has both lines.
+    ours, torchs = axes.flat[0].get_lines()
+    fig.legend([ours, torchs], ["torch_gd.lr_scheduler", "torch.optim.lr_scheduler, same arguments (drawn on top)"],
+               loc="outside lower center", ncol=2, fontsize=10)
     fig.suptitle(
-        f"torch_gd.lr_scheduler, base lr {BASE_LR}: torch_gd solid, torch.optim.lr_scheduler dashed",
+        f"Every torch_gd schedule, base lr {BASE_LR}: where torch has one, its dashed curve lies on ours; "
+        "red = new in torch_gd",
         fontsize=12,
     )
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    print(f"wrote {out}")
+    save(fig, out)
 
 
 def main() -> None:
