@@ -62,8 +62,8 @@ def rmsprop(
 class RMSprop(Optimizer):
     __doc__ = """RMSprop, a drop-in for ``torch.optim.RMSprop`` (torch 2.14.1's signature,
     defaults, errors and state: ``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``).
-    ``capturable=True`` also works on the CPU. ``fused=`` is accepted (keyword-only, after
-    torch's arguments) for the fused path to come.
+    ``capturable=True`` also works on the CPU. ``fused=True`` (keyword-only, after torch's
+    arguments; torch has no fused RMSprop) runs the update as one compiled kernel.
     """ + (rmsprop.__doc__ or "")
 
     _spec = Spec(rule=rmsprop, uses_step=True)

@@ -57,7 +57,7 @@ class SGD(Optimizer):
     __doc__ = """Stochastic gradient descent, a drop-in for ``torch.optim.SGD``.
 
     Same signature, defaults, state (``momentum_buffer``) and results as torch 2.14.1's SGD;
-    see the README for where torch_gd deliberately differs. ``capturable`` (keyword-only, after
+    see docs/differences.md for where torch_gd deliberately differs. ``capturable`` (keyword-only, after
     torch's arguments) is accepted for symmetry: SGD keeps no step and never reads the device.
     """ + (sgd.__doc__ or "")
 
