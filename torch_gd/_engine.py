@@ -22,6 +22,7 @@ The fused path (``_fused``) runs the compiled rule where the eager paths call th
 from __future__ import annotations
 
 import operator
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional
@@ -37,11 +38,6 @@ from ._fused import Call, Prepared, storage_order
 from ._scatter import Scatter
 from ._state import State, repoint
 from ._steady import Program, param_kind
-
-try:
-    from torch.distributed.tensor import DTensor as _DTensor
-except ImportError:  # a torch built without distributed has no DTensor params either
-    _DTensor = None
 
 # A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU:
 # the eager rule makes 4-6 ops per tensor) than the three extra passes packing makes over it.
@@ -956,7 +952,10 @@ def _f64(v: Any) -> Any:
 
 
 def _is_dtensor(t: Tensor) -> bool:
-    return _DTensor is not None and isinstance(t, _DTensor)
+    # A DTensor exists only once its module is imported; importing it here would add ~0.7 s to
+    # every `import torch_gd` (and a torch built without distributed has none).
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def _retyped(params: list[Tensor], state: dict) -> bool:
