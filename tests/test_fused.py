@@ -422,3 +422,23 @@ def test_gradscaler_refuses_a_non_fused_group_of_a_fused_optimizer():
     with pytest.raises(RuntimeError, match="fused=False"):
         scaler.step(opt)
     assert torch.equal(a.detach(), torch.ones(2)) and torch.equal(b.detach(), torch.ones(2))
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_without_numpy(name, monkeypatch):
+    """torch does not require NumPy, and neither does torch_gd: where it is missing, prepared
+    fused calls refresh their numbers with torch ops, with the same results."""
+    def unavailable(self):
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", unavailable)
+    case = next(c for c in CASES if c.name == name)
+    gen = torch.Generator().manual_seed(0)
+    ours, theirs = twins([(3, 4)] * 20 + [(_engine.PACK_MAX_NUMEL + 3,)], gen)
+    opt = case.ours(ours, fused=True, **case.typical)
+    ref = case.theirs(theirs, foreach=False, **case.typical)
+    for _ in range(4):
+        same_grads(ours, theirs, gen)
+        opt.step(), ref.step()
+        assert_params_close(ours, theirs, **tol(torch.float32))
+    assert opt.describe()["steps"]["prepared"] > 0

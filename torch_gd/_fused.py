@@ -476,6 +476,17 @@ _MISSING = object()
 _NUMPY = (torch.float64, torch.float32, torch.bool)
 
 
+def _numpy_view(t: Tensor) -> Any:
+    """A NumPy array sharing ``t``'s memory, or None (a device tensor, a dtype NumPy cannot
+    write, or NumPy not installed: torch does not require it)."""
+    if t.device.type != "cpu" or t.dtype not in _NUMPY:
+        return None
+    try:
+        return t.numpy()
+    except RuntimeError:  # "Numpy is not available"
+        return None
+
+
 class _Boxes(dict):
     """A prepared call's numbers by name: 0-dim views of one 1-D tensor per dtype, so that on
     the CPU a step's numbers computed on the host are written with one NumPy assignment per
@@ -487,13 +498,14 @@ class _Boxes(dict):
         for k, v in values.items():
             by_dtype.setdefault(v.dtype, []).append(k)
         self._writers: Optional[list] = []
-        for dtype, keys in by_dtype.items():
+        for keys in by_dtype.values():
             base = torch.stack([values[k].reshape(()) for k in keys])
             self.update(zip(keys, base.unbind()))
-            if base.device.type == "cpu" and dtype in _NUMPY and self._writers is not None:
-                self._writers.append((base.numpy(), keys))
-            else:
+            array = _numpy_view(base) if self._writers is not None else None
+            if array is None:
                 self._writers = None
+            else:
+                self._writers.append((array, keys))
 
     def write(self, values: dict[str, Any]) -> bool:
         """Write ``values`` (Python numbers) into the boxes; False where they cannot be."""
