@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The examples draw with matplotlib (the plot extra) and train torchvision's ResNet-18.
+pytest.importorskip("matplotlib", reason="the examples need the plot extra (matplotlib)")
+pytest.importorskip("torchvision", reason="the examples need torchvision")
 
 
 @pytest.mark.parametrize("script,expect", [

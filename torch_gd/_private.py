@@ -178,6 +178,21 @@ def use_grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
     return _use_grad_for_differentiable(step)
 
 
+def traceable_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` as dynamo should see it. On the torch releases the suite covers,
+    ``torch.compile(opt.step)`` traces the engine. On others it runs the step eagerly, with the
+    same results: torch 2.12 and 2.13's dynamo cannot trace ``operator.attrgetter`` or
+    ``itemgetter`` calls, breaks the graph inside the step, and frames compiled between the
+    breaks then guard on host step counts (a recompile per step) or mix counts of params at
+    different steps (a wrong update)."""
+    return step if step_traced() else torch.compiler.disable(step)
+
+
+def step_traced(version: str = torch.__version__) -> bool:
+    """Whether dynamo traces ``Optimizer.step`` on this torch (else the step runs eagerly)."""
+    return _release(version) in TESTED
+
+
 def fused_devices() -> list[str]:
     """The device types torch's own fused optimizers support, for error messages."""
     try:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
-from ._private import use_grad_for_differentiable
+from ._private import traceable_step, use_grad_for_differentiable
 from ._engine import Engine, Spec, scalar_dtype
 from ._state import State
 from ._steady import grad, grad_meta
@@ -150,6 +150,7 @@ class Optimizer(torch.optim.Optimizer):
                     device = p.device if on_device else "cpu"
                     st["step"] = torch.tensor(float(st["step"]), dtype=scalar_dtype(), device=device)
 
+    @traceable_step
     @use_grad_for_differentiable
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         """Perform a single optimization step.
