@@ -522,7 +522,7 @@ class Prepared:
     most the grad to fill in, and the step's numbers sit in 0-dim tensors that one copy per
     step refreshes. A steady step of resnet50 makes 46 such calls; going through ``Call`` for
     each cost ~40 µs of bookkeeping between kernels once the step's traffic has evicted the
-    objects it reads, against ~3 µs now."""
+    objects it reads, against ~3 µs for a prepared call."""
 
     def __init__(self, traced: dict[str, Any], numbers: tuple[str, ...], boxes: dict[tuple, dict[str, Tensor]],
                  firsts: dict[tuple, Tensor], calls: list[tuple[Callable[[list], Any], list, Optional[int]]],
