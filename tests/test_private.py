@@ -94,7 +94,9 @@ def test_a_first_fused_step_prints_nothing():
             "for p in ps: p.grad = torch.randn_like(p)\n"
             "opt.step(); opt.step()\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout == "" and out.stderr == "", out.stderr
+    # On a torch the suite does not cover, the one line saying the fast paths are off.
+    notices = [line for line in out.stderr.splitlines() if not line.startswith("torch_gd: torch ")]
+    assert out.stdout == "" and notices == [], out.stderr
 
 
 def test_the_quiet_builder_drops_only_the_cuda_home_notice(caplog):

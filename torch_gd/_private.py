@@ -185,7 +185,20 @@ def traceable_step(step: Callable[..., Any]) -> Callable[..., Any]:
     ``itemgetter`` calls, breaks the graph inside the step, and frames compiled between the
     breaks then guard on host step counts (a recompile per step) or mix counts of params at
     different steps (a wrong update)."""
-    return step if step_traced() else torch.compiler.disable(step)
+    if step_traced():
+        return step
+    disabled: list[Callable[..., Any]] = []  # made when dynamo first meets the step: importing
+    # dynamo at `import torch_gd` would cost seconds
+
+    @functools.wraps(step)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.compiler.is_compiling():
+            return step(*args, **kwargs)
+        if not disabled:  # dynamo runs this call eagerly (a graph break), then the step below
+            disabled.append(torch.compiler.disable(step))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper
 
 
 def step_traced(version: str = torch.__version__) -> bool:
