@@ -716,10 +716,11 @@ class Engine:
         for i, p, _, fresh in items:
             if fresh or not spec.uses_step:
                 count: Hashable = 0
-            elif traced and self._stale:
+            elif self._stale:
                 # Counts left behind by traced steps: params stepped together since share theirs,
-                # any other param runs alone (its numbers come from its own step tensor).
-                count = _ON_DEVICE if b.uniform == _ON_DEVICE else (i,)
+                # any other param runs alone (its numbers come from its own step tensor); in a
+                # frame dynamo left to run eagerly, the host counts are stale: read the tensor.
+                count = (_ON_DEVICE if b.uniform == _ON_DEVICE else (i,)) if traced else int(b.steps[i])
             else:
                 count = self.counts.get(id(p), 0)
             classes[(fresh, count, tags.get(id(p), 0))].append(i)
@@ -1085,7 +1086,13 @@ def _picker(positions: list[int]) -> Callable[[list], Any]:
 def _runs(members: list[int]) -> list[tuple[int, int]]:
     """Maximal ranges ``[lo, hi)`` of consecutive bucket indices in ``members`` (sorted)."""
     runs: list[tuple[int, int]] = []
-    for i in sorted(members):
+    ordered: list[int] = []  # an insertion sort: the dynamo of torch < 2.14 cannot trace sorted() of ints
+    for m in members:
+        k = len(ordered)
+        while k > 0 and ordered[k - 1] > m:
+            k -= 1
+        ordered.insert(k, m)
+    for i in ordered:
         if runs and runs[-1][1] == i:
             runs[-1] = (runs[-1][0], i + 1)
         else:

@@ -181,10 +181,11 @@ def use_grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
 def traceable_step(step: Callable[..., Any]) -> Callable[..., Any]:
     """``step`` as dynamo should see it. On the torch releases the suite covers,
     ``torch.compile(opt.step)`` traces the engine. On others it runs the step eagerly, with the
-    same results: torch 2.12 and 2.13's dynamo cannot trace ``operator.attrgetter`` or
-    ``itemgetter`` calls, breaks the graph inside the step, and frames compiled between the
-    breaks then guard on host step counts (a recompile per step) or mix counts of params at
-    different steps (a wrong update)."""
+    same results: where dynamo breaks the graph inside the step, the frames compiled between
+    the breaks guard on host step counts (a recompile per step) or, run eagerly after traced
+    steps, read counts that traced steps did not keep. torch 2.12 and 2.13's dynamo broke it
+    where 2.14's does not (``dict.update`` on a dict subclass, ``sorted`` of traced ints); the
+    engine avoids both, but only the covered releases are trusted to trace it whole."""
     if step_traced():
         return step
     disabled: list[Callable[..., Any]] = []  # made when dynamo first meets the step: importing

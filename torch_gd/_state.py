@@ -60,7 +60,8 @@ class ParamState(_Counting):
 
     def __init__(self, owner: "State", *args: Any, **kwargs: Any) -> None:
         self._owner = owner
-        dict.update(self, *args, **kwargs)  # not a change: the dict is being built
+        if args or kwargs:  # torch 2.12's dynamo cannot trace dict.update on a dict subclass
+            dict.update(self, *args, **kwargs)  # not a change: the dict is being built
 
     def __reduce__(self) -> tuple:
         return dict, (dict(self),)
