@@ -710,7 +710,7 @@ class Engine:
             grads[i] = g
         direct = _direct_copies(b) if work.fused is not None else None
         # Params that share a step count and freshness share one run of rule calls.
-        classes: dict[Hashable, list[int]] = defaultdict(list)
+        class_at: list[Optional[tuple]] = [None] * len(b.params)
         tags = self._amp_tags
         traced = torch.compiler.is_compiling() and spec.uses_step
         for i, p, _, fresh in items:
@@ -723,9 +723,10 @@ class Engine:
                 count = (_ON_DEVICE if b.uniform == _ON_DEVICE else (i,)) if traced else int(b.steps[i])
             else:
                 count = self.counts.get(id(p), 0)
-            classes[(fresh, count, tags.get(id(p), 0))].append(i)
-        for (fresh, count, _), members in classes.items():
-            for lo, hi in _runs(members):
+            class_at[i] = (fresh, count, tags.get(id(p), 0))
+        classes = _runs(class_at)
+        for (fresh, count, _), runs in classes.items():
+            for lo, hi in runs:
                 self._run_range(b, lo, hi, fresh, count, work, grads, direct)
         if direct is not None:
             direct.bump([p for _, p, _, _ in items])
@@ -1083,18 +1084,17 @@ def _picker(positions: list[int]) -> Callable[[list], Any]:
     return operator.itemgetter(*positions) if positions else (lambda xs: ())
 
 
-def _runs(members: list[int]) -> list[tuple[int, int]]:
-    """Maximal ranges ``[lo, hi)`` of consecutive bucket indices in ``members`` (sorted)."""
-    runs: list[tuple[int, int]] = []
-    ordered: list[int] = []  # an insertion sort: the dynamo of torch < 2.14 cannot trace sorted() of ints
-    for m in members:
-        k = len(ordered)
-        while k > 0 and ordered[k - 1] > m:
-            k -= 1
-        ordered.insert(k, m)
-    for i in ordered:
-        if runs and runs[-1][1] == i:
-            runs[-1] = (runs[-1][0], i + 1)
+def _runs(class_at: list[Optional[tuple]]) -> dict[tuple, list[tuple[int, int]]]:
+    """Per class, the maximal ranges ``[lo, hi)`` of consecutive bucket indices in it, from each
+    index's class (None: not in this step). One pass in bucket order, no sort: the dynamo of
+    torch < 2.14 cannot trace ``sorted`` of ints."""
+    runs: dict[tuple, list[tuple[int, int]]] = {}
+    for i, key in enumerate(class_at):
+        if key is None:
+            continue
+        ranges = runs.setdefault(key, [])
+        if ranges and ranges[-1][1] == i:
+            ranges[-1] = (ranges[-1][0], i + 1)
         else:
-            runs.append((i, i + 1))
+            ranges.append((i, i + 1))
     return runs

@@ -137,18 +137,17 @@ class _Kernel:
         args = (p.detach(), g.detach(), {k: t.detach() for k, t in states.items()}, scalars, grad_scale, found_inf)
         self._call, self._captured = args, None
         self.dynamo_calls += 1
-        try:
-            with _private.quiet_cpp_builder():
+        with _private.quiet_cpp_builder():
+            try:
                 self.compiled(*args)
-        except Exception as exc:
-            cause = _private_cause(exc)
-            if cause is None:
-                raise
-            self._public(cause)
-            with _private.quiet_cpp_builder():
+            except Exception as exc:
+                cause = _private_cause(exc)
+                if cause is None:
+                    raise
+                self._public(cause)
                 self.compiled(*args)
-        finally:
-            self._call = None
+            finally:
+                self._call = None
         if self._captured is not None:
             self.direct[signature] = self._captured
 
