@@ -104,6 +104,25 @@ def finite_check_allowed(check_finite: bool, group: dict) -> None:
                          "which capturable=True (CUDA graph capture) forbids: use one or the other")
 
 
+def max_norm(value: Any) -> float:
+    """``clip_grad_norm``'s ``max_norm`` as a float: torch takes ``float(max_norm)`` and scales
+    by a negative or NaN one without a word; we refuse them."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
+        raise TypeError(f"max_norm must be a real number, got {type(value).__name__}: {value!r}")
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"Invalid max_norm value: {value} (max_norm must be in [0, inf])")
+    return number
+
+
+def skip_allowed(group: dict) -> None:
+    """``skip_nonfinite`` reads a flag on the host where a group is not fused."""
+    if group.get("capturable") and not group.get("fused"):
+        raise ValueError("skip_nonfinite=True reads the norm's finiteness on the host for a group "
+                         "with fused=False, which capturable=True (CUDA graph capture) forbids: "
+                         "use fused=True, which skips on the device")
+
+
 def finite_grads(groups: list[dict], collected: list[tuple[list[Tensor], list[Tensor]]]) -> None:
     """Raise naming the first param whose grad holds NaN or Inf (``check_finite=True``).
 

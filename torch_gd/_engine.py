@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _fused, _ops
+from ._clip import PendingClip, scaled_grad
 from . import _private
 from ._private import is_fake
 from ._ops import real_view
@@ -203,6 +204,8 @@ class _Work:
     made: dict = field(default_factory=dict)
     # With ``direct``, the loose params' grads as the prepared calls take them (1-D).
     direct_grads: Optional[list[Tensor]] = None
+    # An eager step's pending ``clip_grad_norm``: its factor scales each grad as it enters the rule.
+    clip: Optional[PendingClip] = None
 
 
 def _segment_view(flat: Tensor, shape: torch.Size, stride: tuple[int, ...], offset: int) -> Tensor:
@@ -298,6 +301,10 @@ class Engine:
     def invalidate(self) -> None:
         """Forget every plan: state is re-read and re-packed at the next step."""
         self._plans.clear()
+        self.forget_program()
+
+    def forget_program(self) -> None:
+        """Forget the recorded steady step (a step it does not describe has run since)."""
         self._program = None
 
     # ---------------------------------------------------------------- the steady step
@@ -445,6 +452,7 @@ class Engine:
         hyper: dict[str, Any],
         state: dict,
         amp: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+        clip: Optional[PendingClip] = None,
     ) -> _Work:
         """Plan one step of ``params`` (all with a grad, each listed once) without updating
         anything: re-pack if needed, and for fused groups compile the kernels it will use, so
@@ -452,7 +460,8 @@ class Engine:
 
         ``step`` lives on the param's device for capturable and fused groups, as in torch.
         ``metas`` holds each grad's ``grad_meta``. ``amp`` is GradScaler's (grad_scale,
-        found_inf), used by fused groups only.
+        found_inf), used by fused groups only; ``clip`` the pending clip of an eager group (a
+        fused group's is folded into ``amp``).
         """
         on_device = bool(group.get("capturable") or group.get("fused"))
         if self._stale and not torch.compiler.is_compiling():
@@ -496,7 +505,7 @@ class Engine:
                 kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
                 fused.warm(keys, kinds, scalar_dtype())
         return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made,
-                     direct_grads)
+                     direct_grads, clip)
 
     def execute(self, work: _Work, state: dict) -> None:
         for b, items in work.packed.items():
@@ -803,6 +812,8 @@ class Engine:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
                        self._shared(count + 1, b.ids[lo]) if spec.uses_step and not traced else None)
             return
+        if work.clip is not None:
+            g.mul_(work.clip.factor_on(g.device))  # the gathered copy of the grads
         kw["first"], kw["scratch"] = fresh, g
         kw.update(zip(keys, tensors))
         spec.rule(p, g, **spec.with_coefficients(kw))
@@ -873,6 +884,8 @@ class Engine:
         if work.fused is not None:
             work.fused.per_tensor(p, g, dict(zip(keys, tensors)), steps, count, scratch)
             return
+        if work.clip is not None:
+            g = scaled_grad(g, work.clip.factor_on(g.device), scratch)
         kw["first"], kw["scratch"] = fresh, scratch
         kw.update(zip(keys, tensors))
         spec.rule(p, g, **spec.with_coefficients(kw))

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from ._clip import PendingClip
 from ._private import traceable_step, use_grad_for_differentiable
 from ._engine import Engine, Spec, scalar_dtype
 from ._state import State
@@ -40,6 +41,8 @@ class Optimizer(torch.optim.Optimizer):
     _flag_defaults: dict[str, Any] = {}
     # A run-time policy rather than training state: kept out of param groups and checkpoints.
     check_finite: bool = False
+    # The factor of the last ``clip_grad_norm``, until the step that applies it or ``zero_grad``.
+    _clip: Optional[PendingClip] = None
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, check_finite: bool = False) -> None:
         _checks.flag("check_finite", check_finite)
@@ -119,6 +122,48 @@ class Optimizer(torch.optim.Optimizer):
         """
         return self._engine.describe()
 
+    @torch.no_grad()
+    def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                       skip_nonfinite: bool = False) -> Tensor:
+        """Clip the gradient norm of every param of every group, in the next ``step()``.
+
+        Returns the total norm of the grads, viewed as one vector, exactly as
+        ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite)``
+        computes and returns it (params without a grad left out; over all groups and devices;
+        the global norm for DTensor params). The grads are not scaled here: the next ``step()``
+        multiplies each raw grad by ``clamp(max_norm / (total_norm + 1e-6), max=1)`` as it
+        enters the update (before weight decay and the moments), and leaves ``p.grad`` as it
+        is. Code that reads the grads between this call and the step sees them unclipped.
+
+        The factor stays on the device (no host sync unless ``error_if_nonfinite=True``, which
+        reads the norm, as torch's does). It is used by the next ``step()`` only, also when
+        GradScaler skips that step; a second call before the step replaces it, and
+        ``zero_grad()`` discards it. Called on GradScaler's still-scaled grads (before
+        ``scaler.unscale_(opt)``), the norm is of the scaled grads, as torch's would be.
+
+        ``skip_nonfinite=True``: when the norm is inf or NaN, the next step leaves params,
+        state and step counts as they are (torch's clip would write NaN into every weight).
+        Fused groups decide this on the device, inside the kernel, as they do for GradScaler's
+        infs. The other paths compute their step counts and bias corrections on the host, so
+        they read the flag there: one sync per step, as GradScaler does for them.
+        """
+        max_norm = _checks.max_norm(max_norm)
+        _checks.flag("error_if_nonfinite", error_if_nonfinite)
+        _checks.flag("skip_nonfinite", skip_nonfinite)
+        if skip_nonfinite:
+            for group in self.param_groups:
+                _checks.skip_allowed(group)
+        seen: set[int] = set()
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None and id(p) not in seen and not seen.add(id(p))]
+        total_norm = torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)
+        self._clip = PendingClip(total_norm, max_norm, skip_nonfinite)
+        return total_norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._clip = None
+        super().zero_grad(set_to_none)
+
     def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()
         # Plain dicts, as torch's: torch.load(weights_only=True) refuses other classes.
@@ -164,9 +209,19 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
-        plain = amp == (None, None) and not self.check_finite
+        clip = self._clip
+        plain = amp == (None, None) and not self.check_finite and clip is None
         if plain and not torch.compiler.is_compiling() and self._engine.replay(self.param_groups, self.state):
             return loss
+        fused_amp, skip = amp, False
+        if clip is not None:
+            # Only a fused kernel keeps the old values where the norm was not finite; the other
+            # paths count steps on the host, which must then know.
+            on_device = all(group.get("fused") for group in self.param_groups if group["params"])
+            if clip.skip is not None and not on_device and clip.nonfinite():
+                self._clip = None
+                return loss
+            fused_amp = clip.fold(*amp, skip=on_device)
         # Everything that can fail (bad grads, re-packing, compiling fused kernels) happens for
         # every group before any group is updated.
         collected = [self._with_grads(group) for group in self.param_groups]
@@ -176,7 +231,8 @@ class Optimizer(torch.optim.Optimizer):
             _checks.finite_grads(self.param_groups, [(params, grads) for params, grads, _ in collected])
         work: list = []
         for gi, (group, (params, grads, metas)) in enumerate(zip(self.param_groups, collected)):
-            if params and not group.get("fused") and (amp[0] is not None or amp[1] is not None):
+            fused = bool(group.get("fused"))
+            if params and not fused and (amp[0] is not None or amp[1] is not None):
                 # Only a fused kernel can unscale and skip without a host sync; applying the
                 # update anyway would ignore GradScaler's inf check (torch asserts here too).
                 raise RuntimeError(
@@ -184,13 +240,18 @@ class Optimizer(torch.optim.Optimizer):
                     "construct every group with fused=True, or leave fused unset in all of them"
                 )
             work.append(self._engine.prepare(
-                gi, group, params, grads, metas, self._state_keys(group), self._hyper(group), self.state, amp)
+                gi, group, params, grads, metas, self._state_keys(group), self._hyper(group), self.state,
+                fused_amp if fused else amp, None if fused else clip)
                 if params else None)
         for w in work:
             if w is not None:
                 self._engine.execute(w, self.state)
-        if plain and not torch.compiler.is_compiling():
-            self._engine.record(self.param_groups, work, self.state, self._hyper, self._state_keys)
+        self._clip = None
+        if not torch.compiler.is_compiling():
+            if plain:
+                self._engine.record(self.param_groups, work, self.state, self._hyper, self._state_keys)
+            else:
+                self._engine.forget_program()
         return loss
 
     def _with_grads(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[tuple]]:

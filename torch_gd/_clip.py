@@ -1,0 +1,65 @@
+"""Gradient clipping deferred into the next step (``Optimizer.clip_grad_norm``).
+
+``torch.nn.utils.clip_grad_norm_`` reads every grad for the norm, then reads and writes every
+grad to scale it, before the step reads them once more. Here the norm is torch's own
+(``torch.nn.utils.get_total_norm``: the same value, dtype, devices and DTensor handling), and the
+factor ``clamp(max_norm / (norm + 1e-6), max=1)`` is kept on the device and applied by the next
+step to the raw grad as it enters the update: the scaling pass over the grads is gone and
+nothing waits for the device.
+
+The fused kernels already divide the grad by GradScaler's scale and keep the old values where
+GradScaler found infs, decided on the device; a pending clip is folded into those two inputs
+(``fold``). The eager paths multiply the grad (their own copy of it) by the factor.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+class PendingClip:
+    """The factor of one ``clip_grad_norm`` call, waiting for the next step, on each device it
+    is needed on; with ``skip_nonfinite``, whether that step is to be skipped, as a flag of
+    GradScaler's shape and dtype (1.0: skip)."""
+
+    def __init__(self, total_norm: Tensor, max_norm: float, skip_nonfinite: bool) -> None:
+        if hasattr(total_norm, "full_tensor"):  # a DTensor norm (FSDP2): every rank's value
+            total_norm = total_norm.full_tensor()
+        # torch's arithmetic, so the eager paths scale grads exactly as torch's clip does.
+        self.factor = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        self.skip: Optional[Tensor] = None
+        if skip_nonfinite:
+            self.skip = total_norm.isfinite().logical_not().to(torch.float32).reshape(1)
+        self._on: dict[torch.device, Tensor] = {}
+
+    def factor_on(self, device: torch.device) -> Tensor:
+        found = self._on.get(device)
+        if found is None:
+            found = self._on[device] = self.factor.to(device)
+        return found
+
+    def fold(self, grad_scale: Optional[Tensor], found_inf: Optional[Tensor], *,
+             skip: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """GradScaler's (grad_scale, found_inf) for a fused step with this clip as well: the
+        kernel divides the grad by ``grad_scale`` and keeps the old values where ``found_inf``
+        (with ``skip``, also where the norm was not finite)."""
+        # The kernels compute low-precision grads in float32: so does the reciprocal.
+        factor = self.factor.float() if self.factor.dtype in (torch.float16, torch.bfloat16) else self.factor
+        grad_scale = factor.reciprocal() if grad_scale is None else grad_scale / factor.to(grad_scale.device)
+        if skip and self.skip is not None:
+            found_inf = self.skip if found_inf is None else torch.maximum(found_inf, self.skip.to(found_inf.device))
+        return grad_scale, found_inf
+
+    def nonfinite(self) -> bool:
+        """Whether the norm was inf or NaN, read on the host (the eager paths' skip)."""
+        return self.skip is not None and bool(self.skip)
+
+
+def scaled_grad(g: Tensor, factor: Tensor, scratch: Optional[Tensor]) -> Tensor:
+    """``g · factor`` without touching ``g`` (the user's grad), into ``scratch`` when given."""
+    if scratch is None or g.is_sparse or scratch.shape != g.shape:
+        return g * factor
+    return torch.mul(g, factor, out=scratch)
