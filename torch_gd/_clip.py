@@ -32,7 +32,7 @@ class PendingClip:
         self.factor = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
         self.skip: Optional[Tensor] = None
         if skip_nonfinite:
-            self.skip = total_norm.isfinite().logical_not().to(torch.float32).reshape(1)
+            self.skip = total_norm.isfinite().logical_not().to(torch.float32)
         self._on: dict[torch.device, Tensor] = {}
 
     def factor_on(self, device: torch.device) -> Tensor:
@@ -48,7 +48,10 @@ class PendingClip:
         (with ``skip``, also where the norm was not finite)."""
         # The kernels compute low-precision grads in float32: so does the reciprocal.
         factor = self.factor.float() if self.factor.dtype in (torch.float16, torch.bfloat16) else self.factor
-        grad_scale = factor.reciprocal() if grad_scale is None else grad_scale / factor.to(grad_scale.device)
+        if grad_scale is None:
+            grad_scale = factor.reciprocal()
+        else:
+            grad_scale = grad_scale / factor.to(grad_scale.device)
         if skip and self.skip is not None:
             found_inf = self.skip if found_inf is None else torch.maximum(found_inf, self.skip.to(found_inf.device))
         return grad_scale, found_inf

@@ -74,6 +74,12 @@ def _template(p, g, states, scalars, grad_scale, found_inf):  # pragma: no cover
     _apply(RULE, STATICS, p, g, states, scalars, grad_scale, found_inf)  # noqa: F821
 
 
+def _kind(t: Optional[Tensor]) -> Optional[tuple]:
+    """What a direct call takes for granted of GradScaler's (or a clip's) tensor: the compiled
+    graph was traced for its dtype and rank."""
+    return None if t is None else (t.dtype, t.dim())
+
+
 def _key(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype, device: torch.device) -> tuple:
     return (rule, tuple(sorted(statics.items())), dtype, device, BACKEND, _private.enabled())
 
@@ -86,7 +92,7 @@ class _Kernel:
     makes one call per large param. Our calls vary only in what the guards would re-check for
     nothing: sizes (dynamic), storage offsets and the values of 0-dim inputs, while dtype,
     device, rank and stride are fixed by the kernel's key and the 1-D inputs. So the first call
-    with each signature (which state and scalar names, which of grad_scale/found_inf are given)
+    with each signature (which state and scalar names, the kind of grad_scale/found_inf given)
     goes through dynamo, and a capturing backend records Inductor's callable and where each of
     its inputs comes from; later calls with that signature call it directly: the generated
     module's own ``call`` where it can stand in for the wrappers (``_private.inductor_with_call``), ~2 µs a call
@@ -124,7 +130,7 @@ class _Kernel:
 
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], scalars: dict[str, Tensor],
                  grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
-        signature = (tuple(states), tuple(scalars), grad_scale is None, found_inf is None)
+        signature = (tuple(states), tuple(scalars), _kind(grad_scale), _kind(found_inf))
         hit = self.direct.get(signature)
         if hit is not None:
             call, slots = hit
@@ -403,7 +409,7 @@ class Call:
                 firsts[kind] = step
             if p.numel() < 2:
                 return None
-            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(boxes[kind]), True, True))
+            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(boxes[kind]), None, None))
             if hit is None:
                 return None
             call, slots = hit

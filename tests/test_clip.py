@@ -1,0 +1,316 @@
+"""``Optimizer.clip_grad_norm``: torch's clip, applied inside the next step.
+
+Every optimizer and path against ``torch.nn.utils.clip_grad_norm_`` followed by torch's
+for-loop step (params and all state); the factor's lifetime; skipping a non-finite step; the
+GradScaler recipe; several dtypes in one optimizer; bad input.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import torch_gd
+from torch_gd import _clip
+
+from .helpers import assert_params_close, assert_state_close, pack_max_numel, tol
+from .registry import CASES
+
+cases = pytest.mark.parametrize("case", CASES, ids=repr)
+# Per-tensor and default are torch's own ops on the same values: equal to torch bit for bit.
+# Capturable computes its coefficients from the step tensors and fused is compiled: both round
+# differently by an ulp or so (fp32 tolerance, from torch's state at each step).
+EXACT = {"per-tensor": dict(foreach=False), "default": {}}
+CLOSE = {"capturable": dict(capturable=True), "fused": dict(fused=True)}
+PATHS = pytest.mark.parametrize("path", [*EXACT, *CLOSE])
+# Small params are packed, the large ones (above the boundary set below) updated one by one.
+SHAPES = [(3, 4), (5,), (), (7, 6), (300,), (20, 30)]
+BOUNDARY = 100
+
+
+def _params(dtype=torch.float64, seed=0, shapes=SHAPES):
+    gen = torch.Generator().manual_seed(seed)
+    ours = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+    return ours, [torch.nn.Parameter(p.detach().clone()) for p in ours]
+
+
+def _grads(ours, theirs, gen, scale=3.0):
+    for p, q in zip(ours, theirs):
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale
+        q.grad = p.grad.clone()
+
+
+def _pair(case, path, dtype=torch.float32, extra=None, ours_only=None):
+    ours, theirs = _params(dtype)
+    kw = {**case.typical, **(extra or {})}
+    opt = case.ours(ours, **{**EXACT, **CLOSE}[path], **(ours_only or {}), **kw)
+    return ours, theirs, opt, case.theirs(theirs, foreach=False, **kw)
+
+
+def _check(path, ours, theirs, opt, ref):
+    if path in EXACT:
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+        assert_state_close(opt, ref, rtol=0, atol=0)
+    else:
+        assert_params_close(ours, theirs, **tol(torch.float32))
+        assert_state_close(opt, ref, **tol(torch.float32))
+        for p, q in zip(ours, theirs):  # from torch's values again: compiled code rounds otherwise
+            p.data.copy_(q.data)
+        opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+
+
+@cases
+@PATHS
+def test_clip_then_step_matches_torch_clip_grad_norm_then_step(case, path):
+    """The returned norm is torch's, exactly; the grads stay as they were; the step is
+    torch's step on clipped grads. Step 2 clips nothing (factor 1), step 3 has no clip."""
+    ours, theirs, opt, ref = _pair(case, path)
+    gen = torch.Generator().manual_seed(1)
+    with pack_max_numel(BOUNDARY):
+        for step, max_norm in enumerate([1.0, 0.5, 1e6, None]):
+            _grads(ours, theirs, gen)
+            raw = [p.grad.clone() for p in ours]
+            if max_norm is not None:
+                expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+                got = opt.clip_grad_norm(max_norm)
+                assert torch.equal(got, expected) and got.dtype == expected.dtype
+            opt.step(), ref.step()
+            assert all(torch.equal(p.grad, g) for p, g in zip(ours, raw))
+            _check(path, ours, theirs, opt, ref)
+
+
+@cases
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_clip_over_param_groups_with_missing_grads(case, path):
+    """The norm spans every group; a param without a grad is left out of it and not updated."""
+    ours, theirs = _params(torch.float32)
+    kw = {**{**EXACT, **CLOSE}[path], **case.typical}
+    opt = case.ours([{"params": ours[:3]}, {"params": ours[3:], "lr": 0.02}], **kw)
+    ref = case.theirs([{"params": theirs[:3]}, {"params": theirs[3:], "lr": 0.02}], foreach=False, **case.typical)
+    gen = torch.Generator().manual_seed(2)
+    with pack_max_numel(BOUNDARY):
+        for step in range(3):
+            _grads(ours, theirs, gen)
+            if step == 1:
+                ours[1].grad = theirs[1].grad = ours[4].grad = theirs[4].grad = None
+            assert torch.equal(opt.clip_grad_norm(2.0), torch.nn.utils.clip_grad_norm_(theirs, 2.0))
+            opt.step(), ref.step()
+            _check(path, ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_factor_lifetime(path):
+    """Used by the next step only; a second clip replaces it; ``zero_grad`` discards it."""
+    ours, theirs = _params(torch.float32)
+    opt = torch_gd.SGD(ours, lr=0.1, **{**EXACT, **CLOSE}[path])
+    ref = torch.optim.SGD(theirs, lr=0.1, foreach=False)
+    gen = torch.Generator().manual_seed(3)
+    with pack_max_numel(BOUNDARY):
+        _grads(ours, theirs, gen)
+        opt.clip_grad_norm(0.1)
+        opt.clip_grad_norm(1.0)  # replaces the first
+        torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+        opt.step(), ref.step()
+        for p, q in zip(ours, theirs):  # torch's clip scaled its grads; ours are still raw
+            q.grad.copy_(p.grad)
+        opt.step(), ref.step()  # no clip: the factor was used
+        opt.clip_grad_norm(0.1)
+        opt.zero_grad(), ref.zero_grad()
+        _grads(ours, theirs, gen)
+        opt.step(), ref.step()  # unclipped: zero_grad discarded the factor
+    assert_params_close(ours, theirs, **tol(torch.float32))
+
+
+@cases
+@PATHS
+def test_skip_nonfinite_leaves_everything_as_it_was(case, path):
+    """A grad with inf (then NaN) makes the norm non-finite: the step leaves params, state and
+    step counts untouched, including at the very first step (SGD's momentum must still start
+    from the grad of the first applied step, dampening or not). Later steps match torch that
+    never saw the skipped ones."""
+    extra = {"dampening": 0.3} if case.name == "SGD" else {}
+    # An eager capturable group refuses it (see below): capturable and fused together here.
+    ours, theirs, opt, ref = _pair(case, path, extra=extra, ours_only={"fused": True} if path == "capturable" else None)
+    gen = torch.Generator().manual_seed(4)
+    with pack_max_numel(BOUNDARY):
+        for step in range(5):
+            _grads(ours, theirs, gen)
+            bad = {0: math.inf, 3: math.nan}.get(step)
+            if bad is not None:
+                ours[step % len(ours)].grad.view(-1)[0] = bad
+                before = [p.detach().clone() for p in ours], copy.deepcopy(opt.state_dict()["state"])
+                norm = opt.clip_grad_norm(1.0, skip_nonfinite=True)
+                assert not norm.isfinite()
+                opt.step()
+                assert all(torch.equal(p, b) for p, b in zip(ours, before[0]))
+                after = opt.state_dict()["state"]
+                for i in after:  # state this step made, as torch's fused steps make it, is initial
+                    for k, v in after[i].items():
+                        old = before[1].get(i, {}).get(k)
+                        assert torch.equal(v, old) if old is not None else not v.any() or k == "sum", (i, k)
+                continue
+            torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+            opt.clip_grad_norm(1.0, skip_nonfinite=True)
+            opt.step(), ref.step()
+            _check(path, ours, theirs, opt, ref)
+
+
+def test_fused_skip_is_decided_on_the_device(monkeypatch):
+    """Fused groups never read the norm's finiteness on the host."""
+    def sync(self):
+        raise AssertionError("host read")
+    monkeypatch.setattr(_clip.PendingClip, "nonfinite", sync)
+    ours, _ = _params(torch.float32)
+    opt = torch_gd.AdamW(ours, fused=True)
+    for p in ours:
+        p.grad = torch.full_like(p, math.inf)
+    opt.clip_grad_norm(1.0, skip_nonfinite=True)
+    before = [p.detach().clone() for p in ours]
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(ours, before))
+    assert all(float(opt.state[p]["step"]) == 0 for p in ours)
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_nonfinite_norm_without_skip_writes_nan_as_torch_does(path):
+    ours, theirs = _params(torch.float32)
+    opt = torch_gd.Adam(ours, **{**EXACT, **CLOSE}[path])
+    ref = torch.optim.Adam(theirs, foreach=False)
+    gen = torch.Generator().manual_seed(5)
+    _grads(ours, theirs, gen)
+    ours[0].grad[0, 0] = theirs[0].grad[0, 0] = math.nan
+    opt.clip_grad_norm(1.0), torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    opt.step(), ref.step()
+    assert all(p.isnan().all() for p in ours) and all(q.isnan().all() for q in theirs)
+
+
+def test_error_if_nonfinite_raises_torchs_error_and_keeps_the_pending_factor():
+    ours, theirs = _params(torch.float32)
+    opt = torch_gd.SGD(ours, lr=0.1)
+    ref = torch.optim.SGD(theirs, lr=0.1, foreach=False)
+    gen = torch.Generator().manual_seed(6)
+    _grads(ours, theirs, gen)
+    opt.clip_grad_norm(0.5)
+    torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    grad = ours[2].grad.clone()
+    ours[2].grad.fill_(math.inf)
+    with pytest.raises(RuntimeError) as ours_error:
+        opt.clip_grad_norm(1.0, error_if_nonfinite=True)
+    theirs_grad = theirs[2].grad.clone()
+    theirs[2].grad.fill_(math.inf)
+    with pytest.raises(RuntimeError) as torch_error:
+        torch.nn.utils.clip_grad_norm_(theirs, 1.0, error_if_nonfinite=True)
+    assert str(ours_error.value) == str(torch_error.value)
+    ours[2].grad.copy_(grad), theirs[2].grad.copy_(theirs_grad)
+    opt.step(), ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 3.0, math.inf])
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_other_norm_types_and_two_dtypes_in_one_optimizer(norm_type, path):
+    """float32 and float64 params in one optimizer: the norm comes back in float64, as torch's."""
+    a32, b32 = _params(torch.float32, seed=7, shapes=[(4, 5), (300,)])
+    a64, b64 = _params(torch.float64, seed=8, shapes=[(6,), (2, 3), (200,)])
+    kw = {**EXACT, **CLOSE}[path]
+    opt = torch_gd.AdamW(a32 + a64, lr=0.01, **kw)
+    ref = torch.optim.AdamW(b32 + b64, lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(9)
+    with pack_max_numel(BOUNDARY):
+        for _ in range(2):
+            _grads(a32 + a64, b32 + b64, gen)
+            got = opt.clip_grad_norm(0.7, norm_type=norm_type)
+            expected = torch.nn.utils.clip_grad_norm_(b32 + b64, 0.7, norm_type=norm_type)
+            assert torch.equal(got, expected) and got.dtype == torch.float64
+            opt.step(), ref.step()
+    assert_params_close(a32, b32, **tol(torch.float32))
+    assert_params_close(a64, b64, **tol(torch.float64 if path in EXACT else torch.float32))
+
+
+@pytest.mark.parametrize("unscale", [True, False])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_gradscaler_recipe(name, unscale):
+    """``scaler.scale(loss).backward(); scaler.unscale_(opt); opt.clip_grad_norm(...);
+    scaler.step(opt); scaler.update()`` with a fused optimizer, against the same recipe with
+    torch's fused optimizer and ``clip_grad_norm_``; step 2 overflows and is skipped by both.
+    Without ``unscale_`` the norm is of the scaled grads, as torch's clip would compute it."""
+    ours, theirs = _params(torch.float32, seed=10)
+    kw = dict(lr=0.01, momentum=0.9) if name == "SGD" else dict(lr=0.01)
+    opt = getattr(torch_gd, name)(ours, fused=True, **kw)
+    ref = getattr(torch.optim, name)(theirs, fused=True, **kw)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=64.0) for _ in range(2)]
+    gen = torch.Generator().manual_seed(11)
+    with pack_max_numel(BOUNDARY):
+        for step in range(4):
+            xs = [torch.randn(p.shape, generator=gen) for p in ours]
+            for params, o, scaler, clip in ((ours, opt, scalers[0], opt.clip_grad_norm),
+                                            (theirs, ref, scalers[1], lambda m: torch.nn.utils.clip_grad_norm_(theirs, m))):
+                o.zero_grad()
+                loss = sum((p * x).sum() for p, x in zip(params, xs)) * (math.inf if step == 2 else 1.0)
+                scaler.scale(loss).backward()
+                if unscale:
+                    scaler.unscale_(o)
+                clip(1.0)
+                scaler.step(o)
+                scaler.update()
+            assert scalers[0].get_scale() == scalers[1].get_scale()
+            assert_params_close(ours, theirs, **tol(torch.float32))
+            assert_state_close(opt, ref, **tol(torch.float32))
+
+
+def test_gradscaler_recipe_with_an_eager_optimizer():
+    """Non-fused: GradScaler unscales the grads, reads its inf flag and skips ``step()`` itself."""
+    ours, theirs = _params(torch.float32, seed=12)
+    opt, ref = torch_gd.Adam(ours, lr=0.01), torch.optim.Adam(theirs, lr=0.01, foreach=False)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=64.0) for _ in range(2)]
+    gen = torch.Generator().manual_seed(13)
+    for step in range(3):
+        xs = [torch.randn(p.shape, generator=gen) for p in ours]
+        for params, o, scaler, clip in ((ours, opt, scalers[0], opt.clip_grad_norm),
+                                        (theirs, ref, scalers[1], lambda m: torch.nn.utils.clip_grad_norm_(theirs, m))):
+            o.zero_grad()
+            loss = sum((p * x).sum() for p, x in zip(params, xs)) * (math.inf if step == 1 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.unscale_(o)
+            clip(1.0)
+            scaler.step(o)
+            scaler.update()
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+
+
+def test_clip_with_no_grads_returns_torchs_zero():
+    opt = torch_gd.SGD(_params()[0], lr=0.1)
+    assert torch.equal(opt.clip_grad_norm(1.0), torch.nn.utils.clip_grad_norm_([], 1.0))
+
+
+@pytest.mark.parametrize("kwargs, error, text", [
+    (dict(max_norm=-1.0), ValueError, "max_norm"),
+    (dict(max_norm=math.nan), ValueError, "max_norm"),
+    (dict(max_norm="1"), TypeError, "max_norm"),
+    (dict(max_norm=True), TypeError, "max_norm"),
+    (dict(max_norm=1.0, skip_nonfinite=1), TypeError, "skip_nonfinite"),
+    (dict(max_norm=1.0, error_if_nonfinite=None), TypeError, "error_if_nonfinite"),
+])
+def test_bad_arguments_are_refused_naming_them(kwargs, error, text):
+    ours, _ = _params()
+    opt = torch_gd.SGD(ours, lr=0.1)
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(error, match=text):
+        opt.clip_grad_norm(**kwargs)
+    opt.step()  # no pending factor was left behind
+    assert all(torch.equal(p, q.detach() - 0.1) for p, q in zip(ours, _params()[0]))
+
+
+def test_skip_nonfinite_on_a_capturable_eager_group_is_refused():
+    """That group reads the flag on the host, which a captured graph cannot."""
+    ours, _ = _params()
+    opt = torch_gd.Adam(ours, capturable=True)
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="skip_nonfinite=True.*capturable=True"):
+        opt.clip_grad_norm(1.0, skip_nonfinite=True)
+    assert torch.isfinite(opt.clip_grad_norm(1.0))
