@@ -1,7 +1,8 @@
 """torch.distributed with torch_gd: 2 processes, gloo on loopback. DistributedDataParallel,
 ZeroRedundancyOptimizer(optimizer_class=torch_gd.X) and FSDP2's fully_shard (DTensor params, the
 default and the fused path) train to the same parameters as one process using torch.optim on
-the full batch."""
+the full batch; with ``opt.clip_grad_norm`` too, against ``torch.nn.utils.clip_grad_norm_``
+there (under FSDP2 the norm is the global one, across ranks)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import torch.multiprocessing as mp
 import torch_gd
 
 STEPS = 5
+# Small enough that every step clips (the grads' norm is ~0.5).
+MAX_NORM = 0.05
 CONFIGS = {"Adam": (torch_gd.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=1e-2)),
            "SGD": (torch_gd.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9))}
 
@@ -30,7 +33,7 @@ def _data():
     return [(torch.randn(8, 8, generator=gen), torch.randint(0, 2, (8,), generator=gen)) for _ in range(STEPS)]
 
 
-def _worker(rank: int, world: int, port: int, name: str, mode: str, out: str) -> None:
+def _worker(rank: int, world: int, port: int, name: str, mode: str, out: str, clip: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -56,6 +59,8 @@ def _worker(rank: int, world: int, port: int, name: str, mode: str, out: str) ->
             half = slice(rank * 4, rank * 4 + 4)  # each rank its half; DDP averages the grads
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x[half]), y[half]).backward()
+            if clip:
+                opt.clip_grad_norm(MAX_NORM)
             opt.step()
         if mode.startswith("fsdp2"):
             from torch.distributed.tensor import DTensor
@@ -84,14 +89,25 @@ def _free_port() -> int:
 @pytest.mark.parametrize("mode", ["ddp", "zero", "fsdp2", "fsdp2-fused"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_two_processes_match_one_full_batch_process(name, mode, tmp_path):
+    _check_against_one_process(name, mode, tmp_path, clip=False)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2", "fsdp2-fused"])
+def test_clip_grad_norm_over_ranks(mode, tmp_path):
+    _check_against_one_process("Adam", mode, tmp_path, clip=True)
+
+
+def _check_against_one_process(name: str, mode: str, tmp_path, clip: bool) -> None:
     out = str(tmp_path / "params.pt")
-    mp.spawn(_worker, args=(2, _free_port(), name, mode, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), name, mode, out, clip), nprocs=2, join=True)
     _, theirs, kw = CONFIGS[name]
     model = _model()
     opt = theirs(model.parameters(), **kw)
     for x, y in _data():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
+        if clip:
+            assert torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM) > 2 * MAX_NORM
         opt.step()
     for p, q in zip(torch.load(out, weights_only=True), model.parameters()):
         torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)

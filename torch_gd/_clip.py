@@ -1,11 +1,10 @@
 """Gradient clipping deferred into the next step (``Optimizer.clip_grad_norm``).
 
 ``torch.nn.utils.clip_grad_norm_`` reads every grad for the norm, then reads and writes every
-grad to scale it, before the step reads them once more. Here the norm is torch's own
-(``torch.nn.utils.get_total_norm``: the same value, dtype, devices and DTensor handling), and the
-factor ``clamp(max_norm / (norm + 1e-6), max=1)`` is kept on the device and applied by the next
-step to the raw grad as it enters the update: the scaling pass over the grads is gone and
-nothing waits for the device.
+grad to scale it, before the step reads them once more. Here the norm is read once
+(``total_norm``), and the factor ``clamp(max_norm / (norm + 1e-6), max=1)`` is kept on the
+device and applied by the next step to the raw grad as it enters the update: the scaling pass
+over the grads is gone and nothing waits for the device.
 
 The fused kernels already divide the grad by GradScaler's scale and keep the old values where
 GradScaler found infs, decided on the device; a pending clip is folded into those two inputs
@@ -18,6 +17,51 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from ._fused import storage_order
+
+# On the CPU, torch reduces a whole tensor's 2-norm at about half the memory bandwidth of a
+# reduction along rows (resnet50's grads: 4.3-7.6 ms against 2.7-4.3 ms here), and with one
+# running fp32 sum per thread: a 25.6M-element norm comes out 1.5e-3 off. Grads of at least
+# ``_ROWS_FROM`` elements are reduced in rows of ``_ROW`` elements instead (3e-6 off), the rest
+# as torch does it, so a model of small tensors gets torch's value bit for bit.
+_ROW = 1 << 14
+_ROWS_FROM = 1 << 16
+
+
+def total_norm(grads: list[Tensor], norm_type: float, error_if_nonfinite: bool) -> Tensor:
+    """``torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)``: its value (up
+    to the order of summation on large CPU grads), dtype, device and errors."""
+    norm_type = float(norm_type)
+    if norm_type != 2.0 or not grads or not all(map(_rows_apply, grads)):
+        return torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)
+    # torch's order: grouped by (device, dtype) in order of appearance.
+    groups: dict[tuple, list[Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    norms: list[Tensor] = []
+    for group in groups.values():
+        whole = [g for g in group if g.numel() < _ROWS_FROM or storage_order(g) is None]
+        norms += torch._foreach_norm(whole, 2.0) if whole else []
+        for g in group:
+            flat = storage_order(g) if g.numel() >= _ROWS_FROM else None
+            if flat is not None:
+                n = flat.numel() // _ROW * _ROW
+                norms += [torch.linalg.vector_norm(flat[:n].view(-1, _ROW), dim=1), torch.linalg.vector_norm(flat[n:])]
+    first = grads[0].device
+    norm = torch.linalg.vector_norm(torch.cat([n.reshape(-1).to(first) for n in norms]))
+    if error_if_nonfinite and not bool(norm.isfinite()):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it "
+            "cannot be clipped. To disable this error and scale the gradients by the non-finite norm "
+            "anyway, set `error_if_nonfinite=False`")
+    return norm
+
+
+def _rows_apply(g: Tensor) -> bool:
+    """Whether ``g`` is a plain dense fp32/fp64 CPU tensor (not a DTensor: its norm is global)."""
+    return (type(g) is Tensor and g.layout == torch.strided and g.device.type == "cpu"
+            and g.dtype in (torch.float32, torch.float64))
 
 
 class PendingClip:
