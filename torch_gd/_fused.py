@@ -381,7 +381,9 @@ class Call:
             return
         for dtype, device in kinds:
             compiled = self._kernel(dtype, device)
-            key = _key(self.rule, self._traced, dtype, device)
+            # Each variant (with or without GradScaler's or a clip's tensors) is its own graph,
+            # tuned for the size it is first compiled at.
+            key = (_key(self.rule, self._traced, dtype, device), *map(_kind, self._amp(device)))
             if key in _WARM:
                 continue
             make = lambda: torch.zeros(_WARM_NUMEL, dtype=dtype, device=device)  # noqa: E731

@@ -164,6 +164,7 @@ class Optimizer(torch.optim.Optimizer):
         return norm
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; it also discards a pending ``clip_grad_norm`` factor."""
         self._clip = None
         super().zero_grad(set_to_none)
 
