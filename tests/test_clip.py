@@ -337,3 +337,18 @@ def test_norm_of_large_grads_is_closer_to_the_exact_norm_than_torchs(dtype):
     for p in params:
         p.grad[(0,) * p.dim()] = math.inf
     assert torch.equal(opt.clip_grad_norm(1.0), torch.nn.utils.get_total_norm([p.grad for p in params]))
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_compiled_step_applies_the_clip(path):
+    """``torch.compile(opt.step)`` after ``clip_grad_norm``: the eager step's results."""
+    ours, theirs = _params(torch.float32, shapes=[(30, 40), (5,), (20000,)])
+    kw = {**{**EXACT, **CLOSE}[path], "lr": torch.tensor(0.01)}
+    opt, ref = torch_gd.Adam(ours, **kw), torch_gd.Adam(theirs, **{**kw, "lr": torch.tensor(0.01)})
+    step = torch.compile(opt.step)
+    gen = torch.Generator().manual_seed(15)
+    for _ in range(3):
+        _grads(ours, theirs, gen, scale=5.0)
+        opt.clip_grad_norm(1.0), ref.clip_grad_norm(1.0)
+        step(), ref.step()
+    assert_params_close(ours, theirs, **tol(torch.float32))
