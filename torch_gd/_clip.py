@@ -33,7 +33,7 @@ def total_norm(grads: list[Tensor], norm_type: float, error_if_nonfinite: bool) 
     """``torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)``: its value (up
     to the order of summation on large CPU grads), dtype, device and errors."""
     norm_type = float(norm_type)
-    if norm_type != 2.0 or not grads or not all(map(_rows_apply, grads)):
+    if norm_type != 2.0 or not any(g.numel() >= _ROWS_FROM for g in grads) or not all(map(_rows_apply, grads)):
         return torch.nn.utils.get_total_norm(grads, norm_type, error_if_nonfinite)
     # torch's order: grouped by (device, dtype) in order of appearance.
     groups: dict[tuple, list[Tensor]] = {}

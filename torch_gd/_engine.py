@@ -494,7 +494,7 @@ class Engine:
         kw.update(first=False, scratch=None)
         fused = None
         if group.get("fused"):
-            if amp != (None, None):
+            if amp[1] is not None:  # a step may be skipped on the device
                 self._scaled = True
             fused = plan.call
             # The last step's call, where nothing it was built from has changed (its kernels
@@ -504,6 +504,8 @@ class Engine:
                 kinds = {(_real_dtype(b.dtype), b.pbuf.device) for b in packed}
                 kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
                 fused.warm(keys, kinds, scalar_dtype())
+            else:
+                fused.load_amp(*amp)
         return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made,
                      direct_grads, clip)
 
@@ -612,6 +614,7 @@ class Engine:
         count = plan.direct_count + 1
         if plan.launch is not None and plan.launch.fits(work.fused):
             plan.launch(work.fused, grads, count, None if self._scaled else count)
+            work.fused.wind_back([plan.direct_counters] if plan.direct_counters is not None else plan.direct_steps)
             self.counts_of["prepared"] += 1
         else:
             for e, g, pid in zip(entries, grads, plan.direct_ids):
@@ -658,6 +661,7 @@ class Engine:
             launch.refresh(work.fused, self._shared(count + 1, b.ids[0]) if self.spec.uses_step else None, host)
         self._run_range(b, 0, len(b.params), False, count, work, grads, direct, launch)
         if launch is not None:
+            work.fused.wind_back([b.steps])
             launch.bump()
         elif prepared:
             b.launch = work.fused.prepare([

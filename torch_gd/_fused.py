@@ -268,23 +268,30 @@ class Call:
             else:
                 # Flags.
                 self.statics[name] = value
-        self.grad_scale, self.found_inf = grad_scale, found_inf
+        # GradScaler's (or a folded clip's) tensors kind: which are given, their dtype and rank.
+        self.amp_kinds = (_kind(grad_scale), _kind(found_inf))
+        # Their values, copied each step into tensors the call owns on each device, so that
+        # calls prepared once (``prepare``) read every step's values.
+        self._amps: dict[torch.device, tuple[Optional[Tensor], Optional[Tensor]]] = {}
+        self.load_amp(grad_scale, found_inf)
         self._scalars: dict[torch.device, dict[str, Tensor]] = {}
         self._per_count: dict[tuple, dict[str, Tensor]] = {}
         self._kernels: dict[tuple, _Kernel] = {}
-        self._amps: dict[torch.device, tuple[Optional[Tensor], Optional[Tensor]]] = {}
         self._traced = self.statics if self.uses_first else {**self.statics, "first": False}
         self._kw = dict(kw)
-        # Whether every number is a Python number: then a step's numbers can be computed on the
-        # host wherever the host knows the step count (``host_numbers``).
-        self.plain = grad_scale is None and found_inf is None and not any(
-            isinstance(v, Tensor) for v in self.numbers.values())
+        self._numbers_plain = not any(isinstance(v, Tensor) for v in self.numbers.values())
+        # Whether every number is a Python number and no step can be skipped on the device:
+        # then a step's numbers can be computed on the host wherever the host knows the step
+        # count (``host_numbers``).
+        self.plain = self._numbers_plain and found_inf is None
 
     def reusable(self, kw: dict[str, Any], grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> bool:
-        """Whether this call serves a step with hyperparameters ``kw`` as well: the same plain
-        numbers and flags, no tensors (a tensor may have been changed in place: it is read anew
-        every step), no GradScaler."""
-        if not self.plain or grad_scale is not None or found_inf is not None or len(kw) != len(self._kw):
+        """Whether this call serves a step with hyperparameters ``kw`` and these GradScaler (or
+        clip) tensors as well: the same plain numbers and flags, no tensor numbers (a tensor may
+        have been changed in place: it is read anew every step), tensors of the same kinds
+        (their values are loaded by ``load_amp``)."""
+        if (not self._numbers_plain or (_kind(grad_scale), _kind(found_inf)) != self.amp_kinds
+                or len(kw) != len(self._kw)):
             return False
         mine = self._kw
         for k, v in kw.items():
@@ -356,11 +363,27 @@ class Call:
             scalars["first"] = step == 1
         return scalars
 
+    def load_amp(self, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
+        """This step's GradScaler (or clip) tensors, of this call's kinds: copied on the device
+        into the tensors every device's kernels read."""
+        self.grad_scale, self.found_inf = grad_scale, found_inf
+        for boxes in self._amps.values():
+            for box, value in zip(boxes, (grad_scale, found_inf)):
+                if box is not None:
+                    box.copy_(value)
+
+    def wind_back(self, counters: list[Tensor]) -> None:
+        """Take back this step from step counters advanced before prepared calls ran, where
+        GradScaler (or a clip with ``skip_nonfinite``) skips it on the device."""
+        if self.found_inf is not None:
+            for t in counters:
+                t.sub_(self._amp(t.device)[1])
+
     def _amp(self, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
         found = self._amps.get(device)
         if found is None:
-            move = lambda t: None if t is None else t.to(device)  # noqa: E731
-            found = self._amps[device] = (move(self.grad_scale), move(self.found_inf))
+            own = lambda t: None if t is None else t.to(device, copy=True)  # noqa: E731
+            found = self._amps[device] = (own(self.grad_scale), own(self.found_inf))
         return found
 
     def _kernel(self, dtype: torch.dtype, device: torch.device) -> "_Kernel":
@@ -397,9 +420,9 @@ class Call:
     def prepare(self, items: list[tuple[Tensor, Optional[Tensor], dict[str, Tensor], Tensor]]) -> Optional["Prepared"]:
         """Calls for these 1-D params, their grads (None: given at each step), states and step
         counters, prepared once for steps with this call's flags and numbers (``Prepared``);
-        None where a kernel has not been called with this signature yet, or GradScaler takes
-        part or dynamo traces the step."""
-        if self.grad_scale is not None or self.found_inf is not None or torch.compiler.is_compiling():
+        None where a kernel has not been called with this signature yet, or dynamo traces the
+        step. GradScaler's (or a clip's) tensors are this call's own, loaded every step."""
+        if torch.compiler.is_compiling():
             return None
         boxes: dict[tuple, dict[str, Tensor]] = {}
         firsts: dict[tuple, Tensor] = {}
@@ -411,15 +434,14 @@ class Call:
                 firsts[kind] = step
             if p.numel() < 2:
                 return None
-            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(boxes[kind]), None, None))
+            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(boxes[kind]), *self.amp_kinds))
             if hit is None:
                 return None
             call, slots = hit
-            # Without GradScaler's tensors (the signature above) no slot refers to them.
-            inputs = _inputs(slots, (p, g, states, boxes[kind], None, None))
+            inputs = _inputs(slots, (p, g, states, boxes[kind], *self._amp(p.device)))
             calls.append((call, inputs, slots.index((1, None)) if g is None and (1, None) in slots else None))
         written = [t for p, _, states, _ in items for t in (p, *states.values())]
-        return Prepared(self._traced, tuple(self.numbers), boxes, firsts, calls, written)
+        return Prepared(self._traced, tuple(self.numbers), boxes, firsts, calls, written, self._amps, self.amp_kinds)
 
     def step_numbers(self, steps: Tensor, count: Optional[Hashable], device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The numbers a kernel takes at this step. ``count`` names the step being taken (the
@@ -533,15 +555,17 @@ class Prepared:
 
     def __init__(self, traced: dict[str, Any], numbers: tuple[str, ...], boxes: dict[tuple, dict[str, Tensor]],
                  firsts: dict[tuple, Tensor], calls: list[tuple[Callable[[list], Any], list, Optional[int]]],
-                 written: list[Tensor]) -> None:
+                 written: list[Tensor], amps: dict, amp_kinds: tuple) -> None:
         self.traced, self.numbers = traced, numbers
         self.boxes, self.firsts = boxes, firsts
         self.calls, self.written = calls, written
+        self.amps, self.amp_kinds = amps, amp_kinds
 
     def fits(self, call: Call) -> bool:
-        """Whether ``call`` (this step's flags and numbers) runs the kernels prepared."""
-        return (call.grad_scale is None and call.found_inf is None and call._traced == self.traced
-                and tuple(call.numbers) == self.numbers)
+        """Whether ``call`` (this step's flags and numbers) runs the kernels prepared: with
+        GradScaler's (or a clip's) tensors, only the call whose tensors they read."""
+        return (call.amp_kinds == self.amp_kinds and (call._amps is self.amps or self.amp_kinds == (None, None))
+                and call._traced == self.traced and tuple(call.numbers) == self.numbers)
 
     def refresh(self, call: Call, count: Optional[Hashable], host_count: Optional[int] = None) -> None:
         """Load this step's numbers (``Call.step_numbers``); the step counters have been
