@@ -352,3 +352,24 @@ def test_compiled_step_applies_the_clip(path):
         opt.clip_grad_norm(1.0), ref.clip_grad_norm(1.0)
         step(), ref.step()
     assert_params_close(ours, theirs, **tol(torch.float32))
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_clip_every_step_is_replayed_and_exact(path):
+    """A loop that clips every step runs the recorded steady step with each step's factor
+    (``describe``), and a step without a clip after them is planned anew, unclipped."""
+    ours, theirs = _params(torch.float32, seed=16)
+    opt = torch_gd.AdamW(ours, lr=0.01, **{**EXACT, **CLOSE}[path])
+    ref = torch.optim.AdamW(theirs, lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(17)
+    with pack_max_numel(BOUNDARY):
+        for step in range(7):
+            _grads(ours, theirs, gen)
+            if step < 6:
+                opt.clip_grad_norm(1.0), torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+            opt.step(), ref.step()
+            if path in EXACT:
+                _check(path, ours, theirs, opt, ref)
+            else:  # no reload from torch's state: that would re-plan every step
+                assert_params_close(ours, theirs, **tol(torch.float32))
+    assert opt.describe()["steps"]["replayed"] >= 3

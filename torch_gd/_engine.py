@@ -208,6 +208,14 @@ class _Work:
     clip: Optional[PendingClip] = None
 
 
+def _pattern(works: list[_Work], amp_kinds: Optional[tuple] = None, clipped: Optional[bool] = None) -> tuple:
+    """What a step hands each group beside its grads: a fused group GradScaler's or a folded
+    clip's tensors (their kinds), an eager group a clip or not. Without ``amp_kinds`` and
+    ``clipped``, what ``works`` were planned with."""
+    return tuple(("fused", w.fused.amp_kinds if amp_kinds is None else amp_kinds) if w.fused is not None
+                 else ("eager", w.clip is not None if clipped is None else clipped) for w in works)
+
+
 def _segment_view(flat: Tensor, shape: torch.Size, stride: tuple[int, ...], offset: int) -> Tensor:
     """A view of ``flat[offset:offset+numel]`` with this shape, and these strides when they
     are dense.
@@ -315,13 +323,15 @@ class Engine:
         ``hyper`` and ``state_keys`` are the optimizer's, to read a group whose numbers change."""
         self.counts_of["checked"] += 1
         eligible = Program.eligible(groups, works, state)
-        self._program = Program(groups, works, state.version, hyper, state_keys) if eligible else None
+        self._program = Program(groups, works, state.version, hyper, state_keys, _pattern(works)) if eligible else None
 
-    def replay(self, groups: list[dict], state: Any) -> bool:
+    def replay(self, groups: list[dict], state: Any, amp: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
+               clip: Optional[PendingClip] = None) -> bool:
         """Run the recorded program if it still describes this step; False (nothing done) if
-        the checked path must plan it."""
+        the checked path must plan it. ``amp``: a pending clip folded for the fused groups,
+        ``clip`` the same for the eager ones (``Optimizer.step``)."""
         program = self._program
-        if program is None:
+        if program is None or program.pattern != _pattern(program.works, _fused.kinds(amp), clip is not None):
             return False
         grads = program.grads(groups, state)
         if grads is None:
@@ -339,6 +349,10 @@ class Engine:
                     self._program = None
                     return False
         for work in program.works:
+            if work.fused is not None:
+                work.fused.load_amp(*amp)
+            else:
+                work.clip = clip
             self.execute(work, state)
         self.counts_of["replayed"] += 1
         return True

@@ -80,6 +80,11 @@ def _kind(t: Optional[Tensor]) -> Optional[tuple]:
     return None if t is None else (t.dtype, t.dim())
 
 
+def kinds(amp: tuple[Optional[Tensor], Optional[Tensor]]) -> tuple:
+    """``_kind`` of GradScaler's (grad_scale, found_inf)."""
+    return (_kind(amp[0]), _kind(amp[1]))
+
+
 def _key(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtype, device: torch.device) -> tuple:
     return (rule, tuple(sorted(statics.items())), dtype, device, BACKEND, _private.enabled())
 
@@ -269,7 +274,7 @@ class Call:
                 # Flags.
                 self.statics[name] = value
         # GradScaler's (or a folded clip's) tensors kind: which are given, their dtype and rank.
-        self.amp_kinds = (_kind(grad_scale), _kind(found_inf))
+        self.amp_kinds = kinds((grad_scale, found_inf))
         # Their values, copied each step into tensors the call owns on each device, so that
         # calls prepared once (``prepare``) read every step's values.
         self._amps: dict[torch.device, tuple[Optional[Tensor], Optional[Tensor]]] = {}
@@ -290,7 +295,7 @@ class Call:
         clip) tensors as well: the same plain numbers and flags, no tensor numbers (a tensor may
         have been changed in place: it is read anew every step), tensors of the same kinds
         (their values are loaded by ``load_amp``)."""
-        if (not self._numbers_plain or (_kind(grad_scale), _kind(found_inf)) != self.amp_kinds
+        if (not self._numbers_plain or kinds((grad_scale, found_inf)) != self.amp_kinds
                 or len(kw) != len(self._kw)):
             return False
         mine = self._kw

@@ -2,7 +2,8 @@
 
 Most steps of a training loop are alike: the same params, each with a grad of the same
 dtype, layout, device and shape, the state as the last step left it, the same flags, and at
-most new values of numbers a scheduler sets (lr, betas, ...). After a checked step that found
+most new values of numbers a scheduler sets (lr, betas, ...) and a new ``clip_grad_norm``
+factor where the recorded step had one too. After a checked step that found
 every group steady (``Engine.prepare`` took its whole-bucket and prepared paths), a ``Program``
 keeps that step's planned work. The next step compares, across all groups at once and mostly
 at C speed (``map`` over attribute getters, tuple equality), the params, their grads' metadata
@@ -34,7 +35,8 @@ class Program:
     """The checked step's work per group (``_Work``), and what must hold to run it again."""
 
     def __init__(self, groups: list[dict], works: list[Any], version: int,
-                 hyper: Callable[[dict], dict[str, Any]], state_keys: Callable[[dict], tuple[str, ...]]) -> None:
+                 hyper: Callable[[dict], dict[str, Any]], state_keys: Callable[[dict], tuple[str, ...]],
+                 pattern: tuple) -> None:
         self.groups = list(groups)
         self.lists = [g["params"] for g in groups]
         self.params = [p for g in groups for p in g["params"]]
@@ -42,6 +44,9 @@ class Program:
         self.kinds = list(map(param_kind, self.params))
         self.works = works
         self.version = version
+        # What each group was handed beside its grads (a clip, its kinds of GradScaler tensors):
+        # a step that hands another pattern is planned anew.
+        self.pattern = pattern
         self._hyper, self._state_keys = hyper, state_keys
         # Each group's settings other than its params, as a tuple compared each step; a change
         # in numbers only (same types, flags and zero terms) is taken over by ``_renumber``.

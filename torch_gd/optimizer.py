@@ -214,10 +214,7 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         clip = self._clip
-        plain = amp == (None, None) and not self.check_finite and clip is None
-        if plain and not torch.compiler.is_compiling() and self._engine.replay(self.param_groups, self.state):
-            return loss
-        fused_amp, skip = amp, False
+        fused_amp = amp
         if clip is not None:
             # Only a fused kernel keeps the old values where the norm was not finite; the other
             # paths count steps on the host, which must then know.
@@ -226,6 +223,11 @@ class Optimizer(torch.optim.Optimizer):
                 self._clip = None
                 return loss
             fused_amp = clip.fold(*amp, skip=on_device)
+        plain = amp == (None, None) and not self.check_finite
+        if (plain and not torch.compiler.is_compiling()
+                and self._engine.replay(self.param_groups, self.state, fused_amp, clip)):
+            self._clip = None
+            return loss
         # Everything that can fail (bad grads, re-packing, compiling fused kernels) happens for
         # every group before any group is updated.
         collected = [self._with_grads(group) for group in self.param_groups]
