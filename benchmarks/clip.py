@@ -8,7 +8,7 @@ one clip + step over ``--rounds`` rounds; the ratio is ours over torch's best. T
 (torch's ``get_total_norm`` and ours) and torch's best step alone are timed too: the faster
 norm plus the best step is the floor of any clip that reads the grads once before the step.
 
-    python benchmarks/clip.py                          # resnet50 and GPT-2 small, AdamW, ~3 min
+    python benchmarks/clip.py                          # small models, resnet50, GPT-2 small; AdamW; ~7 min
     python benchmarks/clip.py --sets lenet --rounds 3 --json /tmp/clip.json   # seconds
 """
 
@@ -82,17 +82,19 @@ def measure(set_name: str, name: str, rounds: int, steps: int, timer_kind: str) 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", nargs="+", type=sets.check, default=["resnet50", "gpt2-small"])
+    ap.add_argument("--sets", nargs="+", type=sets.check, default=[*sets.SMALL, "resnet50", "gpt2-small"])
     ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=["AdamW"])
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--steps", type=int, default=3, help="calls per contender per round (the fastest counts)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="calls per contender per round, the fastest counting (default: 20 on the small sets, else 3)")
     ap.add_argument("--timer", choices=TIMERS, default="wall")
     ap.add_argument("--json", type=Path, default=RESULTS / "clip_cpu.json")
     args = ap.parse_args(argv)
     rows = []
     for set_name in args.sets:
         for name in args.optimizers:
-            row = measure(set_name, name, args.rounds, args.steps, args.timer)
+            steps = args.steps or (20 if set_name in sets.SMALL else 3)
+            row = measure(set_name, name, args.rounds, steps, args.timer)
             rows.append(row)
             print(f"{set_name} {name}: torch's best is {row['torch_best']} "
                   f"({row['median_ms'][row['torch_best']]} ms); ours over it: {row['ratio_vs_torch_best']}; "
