@@ -321,19 +321,20 @@ def test_norm_of_large_grads_is_closer_to_the_exact_norm_than_torchs(dtype):
     """Large CPU grads are summed in rows: within float32 rounding of the exact (float64)
     norm, channels_last and strided grads included, in the dtype torch returns."""
     gen = torch.Generator().manual_seed(14)
-    shapes = [(70000,), (300, 400), (64, 32, 9, 9), (5, 5), (600, 300)]
+    shapes = [(1100000,), (300, 4000), (256, 128, 9, 9), (5, 5), (1200, 1000)]
     params = [torch.nn.Parameter(torch.zeros(s, dtype=dtype)) for s in shapes]
     for p in params:
         p.grad = torch.randn(p.shape, generator=gen, dtype=dtype) * 10
     params[2].grad = params[2].grad.contiguous(memory_format=torch.channels_last)
-    params[4].grad = torch.randn(300, 600, generator=gen, dtype=dtype).t()  # transposed
+    params[4].grad = torch.randn(1000, 1200, generator=gen, dtype=dtype).t()  # transposed
     opt = torch_gd.SGD(params, lr=0.1)
     exact = torch.cat([p.grad.double().reshape(-1) for p in params]).norm()
     got = opt.clip_grad_norm(1.0)
     theirs = torch.nn.utils.get_total_norm([p.grad for p in params])
     assert got.dtype == theirs.dtype == dtype
     torch.testing.assert_close(got.double(), exact, **tol(dtype))
-    assert abs(float(got) - float(exact)) <= abs(float(theirs) - float(exact)) + 1e-12 * float(exact)
+    if dtype == torch.float32:  # torch's one running sum per thread is ~3e-5 off here, rows ~4e-8
+        assert abs(float(got) - float(exact)) < abs(float(theirs) - float(exact)) / 10
     for p in params:
         p.grad[(0,) * p.dim()] = math.inf
     assert torch.equal(opt.clip_grad_norm(1.0), torch.nn.utils.get_total_norm([p.grad for p in params]))
