@@ -374,3 +374,70 @@ def test_clip_every_step_is_replayed_and_exact(path):
             else:  # no reload from torch's state: that would re-plan every step
                 assert_params_close(ours, theirs, **tol(torch.float32))
     assert opt.describe()["steps"]["replayed"] >= 3
+
+
+@pytest.mark.parametrize("lagging", [0, 5])
+def test_fused_sgd_first_momentum_after_a_skip_and_a_step_some_params_sat_out(lagging):
+    """A skipped first step (every counter back to 0), then a step without a skip that one
+    param sits out: at the next step that param takes its first applied step (buf = g) and
+    the others their second, whichever comes first in the packed bucket."""
+    gen = torch.Generator().manual_seed(18)
+    ours = [torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(20)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=0.1, momentum=0.9, dampening=0.5)
+    opt, ref = torch_gd.SGD(ours, fused=True, **kw), torch.optim.SGD(theirs, foreach=False, **kw)
+    for step in range(4):
+        for i, (p, q) in enumerate(zip(ours, theirs)):
+            p.grad = None if (step == 1 and i == lagging) else torch.randn(3, generator=gen)
+            q.grad = None if p.grad is None else p.grad.clone()
+        if step == 0:
+            ours[1 - lagging // 5].grad[0] = math.inf
+            opt.clip_grad_norm(1.0, skip_nonfinite=True)  # skipped: torch does not step
+        else:
+            opt.clip_grad_norm(1e3), torch.nn.utils.clip_grad_norm_(theirs, 1e3)
+            ref.step()
+        opt.step()
+    assert_params_close(ours, theirs, **tol(torch.float32))
+    assert_state_close(opt, ref, **tol(torch.float32))
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+@pytest.mark.parametrize("clear", ["model.zero_grad", "grad = None"])
+def test_a_clip_whose_step_never_ran_does_not_scale_new_grads(path, clear):
+    """A loop that skips ``step()`` on a non-finite norm (or GradScaler skipping an eager
+    optimizer's step), then clears grads without ``opt.zero_grad()``: the next step's grads are
+    new tensors, which torch's in-place clip never touched."""
+    gen = torch.Generator().manual_seed(19)
+    model = torch.nn.Linear(3, 4, bias=False)
+    twin = copy.deepcopy(model)
+    opt = torch_gd.SGD(model.parameters(), lr=0.1, **{**EXACT, **CLOSE}[path])
+    ref = torch.optim.SGD(twin.parameters(), lr=0.1, foreach=False)
+    for step in range(2):
+        x = torch.randn(4, 3, generator=gen) * 10
+        if step == 0:
+            x[0, 0] = math.inf
+        for m in (model, twin):
+            if clear == "model.zero_grad":
+                m.zero_grad()
+            else:
+                m.weight.grad = None
+            (m.weight * x).sum().backward()
+        if step == 0:
+            assert not opt.clip_grad_norm(1.0).isfinite()
+            continue
+        opt.step(), ref.step()
+    assert_params_close([model.weight], [twin.weight], **(dict(rtol=0, atol=0) if path in EXACT else tol(torch.float32)))
+
+
+def test_grads_changed_in_place_after_the_clip_are_clipped():
+    """GradScaler's ``unscale_`` after the clip (an eager optimizer's ``scaler.step`` without an
+    earlier ``unscale_``) scales the grads in place: the factor still applies, as torch's clip
+    applied it before the unscaling."""
+    ours, theirs = _params(torch.float32, seed=20)
+    opt, ref = torch_gd.SGD(ours, lr=0.1), torch.optim.SGD(theirs, lr=0.1, foreach=False)
+    _grads(ours, theirs, torch.Generator().manual_seed(21))
+    opt.clip_grad_norm(1.0), torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    for p, q in zip(ours, theirs):
+        p.grad.mul_(0.25), q.grad.mul_(0.25)
+    opt.step(), ref.step()
+    assert_params_close(ours, theirs, **tol(torch.float32))

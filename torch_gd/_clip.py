@@ -13,6 +13,7 @@ GradScaler found infs, decided on the device; a pending clip is folded into thos
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -71,7 +72,7 @@ class PendingClip:
     is needed on; with ``skip_nonfinite``, whether that step is to be skipped, as a flag of
     GradScaler's shape and dtype (1.0: skip)."""
 
-    def __init__(self, total_norm: Tensor, max_norm: float, skip_nonfinite: bool) -> None:
+    def __init__(self, total_norm: Tensor, max_norm: float, skip_nonfinite: bool, grads: list[Tensor]) -> None:
         if hasattr(total_norm, "full_tensor"):  # a DTensor norm (FSDP2): every rank's value
             total_norm = total_norm.full_tensor()
         # torch's arithmetic, so the eager paths scale grads exactly as torch's clip does.
@@ -80,6 +81,14 @@ class PendingClip:
         if skip_nonfinite:
             self.skip = total_norm.isfinite().logical_not().to(torch.float32)
         self._on: dict[torch.device, Tensor] = {}
+        # The grads the norm was taken of, weakly: a step whose grads are others (a new
+        # backward after ``model.zero_grad()`` or ``p.grad = None``, a param added since) is
+        # not scaled, as torch's in-place clip would not have scaled them.
+        self._grads = [weakref.ref(g) for g in grads]
+
+    def of(self, grads: list[Tensor]) -> bool:
+        """Whether ``grads`` are the tensors this clip's norm was taken of."""
+        return len(grads) == len(self._grads) and all(r() is g for r, g in zip(self._grads, grads))
 
     def factor_on(self, device: torch.device) -> Tensor:
         found = self._on.get(device)

@@ -534,7 +534,10 @@ class Engine:
         else:
             for p, g in work.loose:
                 self._run_one(p, g, work, state)
-        if work.fused is not None and work.fused.found_inf is not None and (self._amp_tags or not work.complete):
+        # Once a step may have been skipped on the device (GradScaler, a clip's skip_nonfinite),
+        # a step that some params sit out splits histories, found_inf or not.
+        if (work.fused is not None and (work.fused.found_inf is not None or self._scaled)
+                and (self._amp_tags or not work.complete)):
             self._tag_amp_step(work)
         # A step that saw every param's state leaves the plan valid until the state changes.
         tracked = isinstance(state, State) and not state.untracked and work.complete

@@ -137,6 +137,10 @@ class Optimizer(torch.optim.Optimizer):
         multiplies each raw grad by ``clamp(max_norm / (total_norm + 1e-6), max=1)`` as it
         enters the update (before weight decay and the moments), and leaves ``p.grad`` as it
         is. Code that reads the grads between this call and the step sees them unclipped.
+        A step whose grads are not the tensors the norm was taken of (a new backward after
+        ``model.zero_grad()`` or ``p.grad = None``, a param added since) is not clipped, as
+        torch's in-place clip would not have touched those grads; grads changed in place
+        (GradScaler's ``unscale_``) are.
 
         The factor stays on the device (no host sync unless ``error_if_nonfinite=True``, which
         reads the norm, as torch's does). It is used by the next ``step()`` only, also when
@@ -156,12 +160,16 @@ class Optimizer(torch.optim.Optimizer):
         if skip_nonfinite:
             for group in self.param_groups:
                 _checks.skip_allowed(group)
-        seen: set[int] = set()
-        grads = [p.grad for group in self.param_groups for p in group["params"]
-                 if p.grad is not None and id(p) not in seen and not seen.add(id(p))]
+        grads = self._all_grads()
         norm = total_norm(grads, norm_type, error_if_nonfinite)
-        self._clip = PendingClip(norm, max_norm, skip_nonfinite)
+        self._clip = PendingClip(norm, max_norm, skip_nonfinite, grads)
         return norm
+
+    def _all_grads(self) -> list[Tensor]:
+        """Every grad of every group, once per param."""
+        seen: set[int] = set()
+        return [p.grad for group in self.param_groups for p in group["params"]
+                if p.grad is not None and id(p) not in seen and not seen.add(id(p))]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; it also discards a pending ``clip_grad_norm`` factor."""
@@ -214,6 +222,8 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         clip = self._clip
+        if clip is not None and not clip.of(self._all_grads()):
+            clip = self._clip = None
         fused_amp = amp
         if clip is not None:
             # Only a fused kernel keeps the old values where the norm was not finite; the other
