@@ -230,6 +230,22 @@ def test_other_norm_types_and_two_dtypes_in_one_optimizer(norm_type, path):
     assert_params_close(a64, b64, **tol(torch.float64 if path in EXACT else torch.float32))
 
 
+def _recipe_step(ours, theirs, opt, ref, scalers, gen, overflow: bool, unscale: bool) -> None:
+    """One iteration of the GradScaler recipe on both sides, ours with ``opt.clip_grad_norm``
+    and torch's with ``clip_grad_norm_``, on the same loss (inf where ``overflow``)."""
+    xs = [torch.randn(p.shape, generator=gen) for p in ours]
+    for params, o, scaler, clip in ((ours, opt, scalers[0], opt.clip_grad_norm),
+                                    (theirs, ref, scalers[1], lambda m: torch.nn.utils.clip_grad_norm_(theirs, m))):
+        o.zero_grad()
+        loss = sum((p * x).sum() for p, x in zip(params, xs)) * (math.inf if overflow else 1.0)
+        scaler.scale(loss).backward()
+        if unscale:
+            scaler.unscale_(o)
+        clip(1.0)
+        scaler.step(o)
+        scaler.update()
+
+
 @pytest.mark.parametrize("unscale", [True, False])
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
 def test_gradscaler_recipe(name, unscale):
@@ -245,17 +261,7 @@ def test_gradscaler_recipe(name, unscale):
     gen = torch.Generator().manual_seed(11)
     with pack_max_numel(BOUNDARY):
         for step in range(4):
-            xs = [torch.randn(p.shape, generator=gen) for p in ours]
-            for params, o, scaler, clip in ((ours, opt, scalers[0], opt.clip_grad_norm),
-                                            (theirs, ref, scalers[1], lambda m: torch.nn.utils.clip_grad_norm_(theirs, m))):
-                o.zero_grad()
-                loss = sum((p * x).sum() for p, x in zip(params, xs)) * (math.inf if step == 2 else 1.0)
-                scaler.scale(loss).backward()
-                if unscale:
-                    scaler.unscale_(o)
-                clip(1.0)
-                scaler.step(o)
-                scaler.update()
+            _recipe_step(ours, theirs, opt, ref, scalers, gen, overflow=step == 2, unscale=unscale)
             assert scalers[0].get_scale() == scalers[1].get_scale()
             assert_params_close(ours, theirs, **tol(torch.float32))
             assert_state_close(opt, ref, **tol(torch.float32))
@@ -268,16 +274,7 @@ def test_gradscaler_recipe_with_an_eager_optimizer():
     scalers = [torch.amp.GradScaler("cpu", init_scale=64.0) for _ in range(2)]
     gen = torch.Generator().manual_seed(13)
     for step in range(3):
-        xs = [torch.randn(p.shape, generator=gen) for p in ours]
-        for params, o, scaler, clip in ((ours, opt, scalers[0], opt.clip_grad_norm),
-                                        (theirs, ref, scalers[1], lambda m: torch.nn.utils.clip_grad_norm_(theirs, m))):
-            o.zero_grad()
-            loss = sum((p * x).sum() for p, x in zip(params, xs)) * (math.inf if step == 1 else 1.0)
-            scaler.scale(loss).backward()
-            scaler.unscale_(o)
-            clip(1.0)
-            scaler.step(o)
-            scaler.update()
+        _recipe_step(ours, theirs, opt, ref, scalers, gen, overflow=step == 1, unscale=True)
         assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
 
 

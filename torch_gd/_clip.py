@@ -44,13 +44,15 @@ def total_norm(grads: list[Tensor], norm_type: float, error_if_nonfinite: bool) 
         groups.setdefault((g.device, g.dtype), []).append(g)
     norms: list[Tensor] = []
     for group in groups.values():
-        whole = [g for g in group if g.numel() < _ROWS_FROM or storage_order(g) is None]
-        norms += torch._foreach_norm(whole, 2.0) if whole else []
+        whole, rows = [], []
         for g in group:
             flat = storage_order(g) if g.numel() >= _ROWS_FROM else None
-            if flat is not None:
+            if flat is None:
+                whole.append(g)
+            else:
                 n = flat.numel() // _ROW * _ROW
-                norms += [torch.linalg.vector_norm(flat[:n].view(-1, _ROW), dim=1), torch.linalg.vector_norm(flat[n:])]
+                rows += [torch.linalg.vector_norm(flat[:n].view(-1, _ROW), dim=1), torch.linalg.vector_norm(flat[n:])]
+        norms += [*(torch._foreach_norm(whole, 2.0) if whole else ()), *rows]
     first = grads[0].device
     norm = torch.linalg.vector_norm(torch.cat([n.reshape(-1).to(first) for n in norms]))
     if error_if_nonfinite and not bool(norm.isfinite()):
@@ -114,10 +116,3 @@ class PendingClip:
     def nonfinite(self) -> bool:
         """Whether the norm was inf or NaN, read on the host (the eager paths' skip)."""
         return self.skip is not None and bool(self.skip)
-
-
-def scaled_grad(g: Tensor, factor: Tensor, scratch: Optional[Tensor]) -> Tensor:
-    """``g · factor`` without touching ``g`` (the user's grad), into ``scratch`` when given."""
-    if scratch is None or g.is_sparse or scratch.shape != g.shape:
-        return g * factor
-    return torch.mul(g, factor, out=scratch)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _fused, _ops
-from ._clip import PendingClip, scaled_grad
+from ._clip import PendingClip
 from . import _private
 from ._private import is_fake
 from ._ops import real_view
@@ -208,12 +208,10 @@ class _Work:
     clip: Optional[PendingClip] = None
 
 
-def _pattern(works: list[_Work], amp_kinds: Optional[tuple] = None, clipped: Optional[bool] = None) -> tuple:
-    """What a step hands each group beside its grads: a fused group GradScaler's or a folded
-    clip's tensors (their kinds), an eager group a clip or not. Without ``amp_kinds`` and
-    ``clipped``, what ``works`` were planned with."""
-    return tuple(("fused", w.fused.amp_kinds if amp_kinds is None else amp_kinds) if w.fused is not None
-                 else ("eager", w.clip is not None if clipped is None else clipped) for w in works)
+def _handed(amp: tuple[Optional[Tensor], Optional[Tensor]], clip: Optional[PendingClip]) -> tuple:
+    """What a step hands its groups beside their grads: the fused ones GradScaler's or a folded
+    clip's tensors (their kinds), the eager ones a clip or not."""
+    return _fused.kinds(amp), clip is not None
 
 
 def _segment_view(flat: Tensor, shape: torch.Size, stride: tuple[int, ...], offset: int) -> Tensor:
@@ -318,12 +316,15 @@ class Engine:
     # ---------------------------------------------------------------- the steady step
 
     def record(self, groups: list[dict], works: list[Optional["_Work"]], state: Any,
-               hyper: Callable[[dict], dict[str, Any]], state_keys: Callable[[dict], tuple[str, ...]]) -> None:
+               hyper: Callable[[dict], dict[str, Any]], state_keys: Callable[[dict], tuple[str, ...]],
+               amp: tuple[Optional[Tensor], Optional[Tensor]] = (None, None), clip: Optional[PendingClip] = None) -> None:
         """Keep a checked step's work for the next steps where it is steady (``Program``):
-        ``hyper`` and ``state_keys`` are the optimizer's, to read a group whose numbers change."""
+        ``hyper`` and ``state_keys`` are the optimizer's, to read a group whose numbers change;
+        ``amp`` and ``clip`` what the step handed the fused and the eager groups (``replay``)."""
         self.counts_of["checked"] += 1
         eligible = Program.eligible(groups, works, state)
-        self._program = Program(groups, works, state.version, hyper, state_keys, _pattern(works)) if eligible else None
+        self._program = (Program(groups, works, state.version, hyper, state_keys, _handed(amp, clip))
+                         if eligible else None)
 
     def replay(self, groups: list[dict], state: Any, amp: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
                clip: Optional[PendingClip] = None) -> bool:
@@ -331,7 +332,7 @@ class Engine:
         the checked path must plan it. ``amp``: a pending clip folded for the fused groups,
         ``clip`` the same for the eager ones (``Optimizer.step``)."""
         program = self._program
-        if program is None or program.pattern != _pattern(program.works, _fused.kinds(amp), clip is not None):
+        if program is None or program.handed != _handed(amp, clip):
             return False
         grads = program.grads(groups, state)
         if grads is None:
@@ -536,8 +537,7 @@ class Engine:
                 self._run_one(p, g, work, state)
         # Once a step may have been skipped on the device (GradScaler, a clip's skip_nonfinite),
         # a step that some params sit out splits histories, found_inf or not.
-        if (work.fused is not None and (work.fused.found_inf is not None or self._scaled)
-                and (self._amp_tags or not work.complete)):
+        if work.fused is not None and self._scaled and (self._amp_tags or not work.complete):
             self._tag_amp_step(work)
         # A step that saw every param's state leaves the plan valid until the state changes.
         tracked = isinstance(state, State) and not state.untracked and work.complete
@@ -905,8 +905,9 @@ class Engine:
         if work.fused is not None:
             work.fused.per_tensor(p, g, dict(zip(keys, tensors)), steps, count, scratch)
             return
-        if work.clip is not None:
-            g = scaled_grad(g, work.clip.factor_on(g.device), scratch)
+        if work.clip is not None:  # into the scratch: the user's grad stays as it is
+            fits = scratch is not None and not g.is_sparse and scratch.shape == g.shape
+            g = _ops.scale(g, work.clip.factor_on(g.device), out=scratch if fits else None)
         kw["first"], kw["scratch"] = fresh, scratch
         kw.update(zip(keys, tensors))
         spec.rule(p, g, **spec.with_coefficients(kw))

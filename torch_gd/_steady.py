@@ -36,7 +36,7 @@ class Program:
 
     def __init__(self, groups: list[dict], works: list[Any], version: int,
                  hyper: Callable[[dict], dict[str, Any]], state_keys: Callable[[dict], tuple[str, ...]],
-                 pattern: tuple) -> None:
+                 handed: tuple) -> None:
         self.groups = list(groups)
         self.lists = [g["params"] for g in groups]
         self.params = [p for g in groups for p in g["params"]]
@@ -44,9 +44,9 @@ class Program:
         self.kinds = list(map(param_kind, self.params))
         self.works = works
         self.version = version
-        # What each group was handed beside its grads (a clip, its kinds of GradScaler tensors):
-        # a step that hands another pattern is planned anew.
-        self.pattern = pattern
+        # What the groups were handed beside their grads (a clip, kinds of GradScaler tensors):
+        # a step that hands them something else is planned anew.
+        self.handed = handed
         self._hyper, self._state_keys = hyper, state_keys
         # Each group's settings other than its params, as a tuple compared each step; a change
         # in numbers only (same types, flags and zero terms) is taken over by ``_renumber``.

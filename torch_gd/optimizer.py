@@ -265,7 +265,7 @@ class Optimizer(torch.optim.Optimizer):
         self._clip = None
         if not torch.compiler.is_compiling():
             if plain:
-                self._engine.record(self.param_groups, work, self.state, self._hyper, self._state_keys)
+                self._engine.record(self.param_groups, work, self.state, self._hyper, self._state_keys, fused_amp, clip)
             else:
                 self._engine.forget_program()
         return loss
