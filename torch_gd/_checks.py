@@ -167,13 +167,32 @@ def grad_like_param(p: Tensor, g: Tensor) -> None:
         )
 
 
-def state_like_param(p: Tensor, state: dict, keys: tuple[str, ...]) -> None:
-    """A fused kernel is compiled for one dtype and device: a param's state must share them
-    (``model.double()`` after state was created leaves float32 state beside float64 params,
-    which torch's fused kernels refuse too: "expected scalar type Double but found Float")."""
-    for k in keys:
+def precision_policy(group: dict) -> None:
+    """A group's ``param_update`` and ``state_dtype`` (``_precision``)."""
+    from ._precision import PARAM_UPDATES, STATE_DTYPES
+
+    update, state_dtype = group.get("param_update"), group.get("state_dtype")
+    if update not in PARAM_UPDATES:
+        raise ValueError(
+            "param_update must be None, 'fp32_master', 'kahan' or 'stochastic_rounding', got " + repr(update))
+    if state_dtype == torch.float16:
+        raise ValueError(
+            "state_dtype=torch.float16 is not supported: squared grads (exp_avg_sq, square_avg, sum) "
+            "underflow in fp16; use torch.bfloat16 (same range as fp32) or torch.float32")
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be None, torch.bfloat16 or torch.float32, got {state_dtype!r}")
+    if (update is not None or state_dtype is not None) and group.get("differentiable"):
+        raise ValueError("param_update and state_dtype cannot be used with differentiable=True")
+
+
+def state_like_param(p: Tensor, state: dict, dtypes: dict[str, torch.dtype]) -> None:
+    """A fused kernel is compiled for one dtype per tensor and one device: a param's state must
+    be in the dtypes it keeps (``dtypes``: the param's, or its precision policy's) and on its
+    device (``model.double()`` after state was created leaves float32 state beside float64
+    params, which torch's fused kernels refuse too: "expected scalar type Double but found Float")."""
+    for k, dtype in dtypes.items():
         t = state.get(k)
-        if t is not None and (t.dtype != p.dtype or t.device != p.device):
+        if t is not None and (t.dtype != dtype or t.device != p.device):
             raise RuntimeError(
                 f"fused=True: a param of shape {tuple(p.shape)} ({p.dtype} on {p.device}) has its "
                 f"{k!r} state in {t.dtype} on {t.device} (the param changed dtype or device after its "

@@ -21,6 +21,7 @@ The fused path (``_fused``) runs the compiled rule where the eager paths call th
 
 from __future__ import annotations
 
+import functools
 import operator
 import sys
 from collections import defaultdict
@@ -30,7 +31,7 @@ from typing import Any, Callable, Hashable, Optional
 import torch
 from torch import Tensor
 
-from . import _checks, _fused, _ops
+from . import _checks, _fused, _ops, _precision
 from ._clip import PendingClip
 from . import _private
 from ._private import is_fake
@@ -93,6 +94,8 @@ class _Bucket:
 
     params: list[Tensor]
     offsets: list[int]
+    # The state tensors of its params and their dtypes (the rule's and the precision policy's).
+    keys: tuple[str, ...]
     flat: dict[str, Tensor]
     views: list[dict[str, Tensor]]
     steps: Optional[Tensor]
@@ -146,6 +149,7 @@ class _Plan:
     keys: tuple[str, ...]
     on_device: bool
     counted: bool
+    policy: tuple  # the group's (param_update, state_dtype)
     buckets: list[_Bucket]
     where: dict[int, tuple[_Bucket, int]]
     params: list[Tensor]  # the group's distinct params when planned
@@ -206,6 +210,15 @@ class _Work:
     direct_grads: Optional[list[Tensor]] = None
     # An eager step's pending ``clip_grad_norm``: its factor scales each grad as it enters the rule.
     clip: Optional[PendingClip] = None
+
+    @property
+    def precise(self) -> bool:
+        """Whether the group sets a precision policy: its rule runs through ``_precision.run``."""
+        return "param_update" in self.kw
+
+    def layout(self, dtype: torch.dtype) -> dict[str, torch.dtype]:
+        """The state tensors a param of ``dtype`` keeps, and their dtypes."""
+        return _precision.state_dtypes(self.keys, self.kw, dtype)
 
 
 def _handed(amp: tuple[Optional[Tensor], Optional[Tensor]], clip: Optional[PendingClip]) -> tuple:
@@ -281,6 +294,9 @@ class Engine:
         # tensors and leave the host counts behind: dynamo would guard on each count and compile
         # the step anew for every value. They set this; the next eager step reads the counts back.
         self._stale = False
+        # Steps of eager groups with a precision policy, for rules without a step count: the
+        # counter stochastic rounding's random bits are drawn at.
+        self._rounds = 0
         self._program: Optional[Program] = None
         # Steps run by the recorded program, by the checked path, and group steps whose fused
         # kernels ran from prepared calls (``describe``).
@@ -360,11 +376,15 @@ class Engine:
 
     # ---------------------------------------------------------------- planning
 
-    def _plan(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool, state: dict) -> _Plan:
+    def _plan(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool, state: dict,
+              policy: dict[str, Any]) -> _Plan:
+        """``policy``: the group's precision policy (``_precision.rule_kw``)."""
         plan = self._plans.get(gi)
         counted = self.spec.uses_step or bool(group.get("fused"))
-        if plan is not None and (plan.keys, plan.on_device, plan.counted) == (keys, on_device, counted):
+        identity = (policy.get("param_update"), policy.get("state_dtype"))
+        if plan is not None and (plan.keys, plan.on_device, plan.counted, plan.policy) == (keys, on_device, counted, identity):
             return plan
+        layout = functools.partial(_precision.state_dtypes, keys, policy)
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         distinct = _distinct(group["params"])
         direct = bool(group.get("fused")) and _private.enabled()
@@ -377,26 +397,27 @@ class Engine:
         # A bucket of one param would only add copies of it: it is updated in place. Small
         # params whose state has another dtype (``model.double()`` mid-training) are packed
         # whatever their number: packing converts their state.
-        buckets = [self._pack(ps, keys, on_device, counted, state) for ps in by_kind.values()
-                   if len(ps) >= (FUSED_PACK_MIN_PARAMS if direct and not _retyped(ps, state) else 2)]
+        buckets = [self._pack(ps, layout(ps[0].dtype), on_device, counted, state) for ps in by_kind.values()
+                   if len(ps) >= (FUSED_PACK_MIN_PARAMS if direct and not _retyped(ps, state, layout) else 2)]
         where = {id(p): (b, i) for b in buckets for i, p in enumerate(b.params)}
         position = {id(p): i for i, p in enumerate(distinct)}
         for b in buckets:
             b.take = _picker([position[id(p)] for p in b.params])
         loose = _picker([i for i, p in enumerate(distinct) if id(p) not in where])
-        plan = _Plan(keys, on_device, counted, buckets, where, distinct, loose)
+        plan = _Plan(keys, on_device, counted, identity, buckets, where, distinct, loose)
         self._plans[gi] = plan
         return plan
 
     def packed_state(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool,
-                     state: dict) -> dict[int, tuple[Tensor, Tensor]]:
+                     state: dict, policy: dict[str, Any]) -> dict[int, tuple[Tensor, Tensor]]:
         """Plan group ``gi`` now and give, by ``id(param)``, the ``step`` and the state tensor of
         each packed param (rules with ``step`` and one state key), views of the flat buffers, for
         optimizers that create state at construction (Adagrad)."""
-        plan = self._plan(gi, group, keys, on_device, state)
+        plan = self._plan(gi, group, keys, on_device, state, policy)
         return {id(p): (b.step_views[i], b.views[i][keys[0]]) for b in plan.buckets for i, p in enumerate(b.params)}
 
-    def _pack(self, params: list[Tensor], keys: tuple[str, ...], on_device: bool, counted: bool, state: dict) -> _Bucket:
+    def _pack(self, params: list[Tensor], layout: dict[str, torch.dtype], on_device: bool, counted: bool,
+              state: dict) -> _Bucket:
         """Allocate a bucket's flat buffers and move any existing state into them.
 
         ``counted`` keeps step counters even for rules without torch's ``step`` (fused SGD:
@@ -411,8 +432,9 @@ class Engine:
             offsets.append(total)
             total += p.numel()
         like = params[0]
-        make = lambda n=total: torch.zeros(n, dtype=like.dtype, device=like.device)  # noqa: E731
-        flat = {k: make() for k in keys}
+        make = lambda n=total, dtype=like.dtype: torch.zeros(n, dtype=dtype, device=like.device)  # noqa: E731
+        keys = tuple(layout)
+        flat = {k: make(dtype=dtype) for k, dtype in layout.items()}
         steps, step_views = None, [None] * len(params)
         if counted:
             steps = torch.zeros(len(params), dtype=scalar_dtype(), device=like.device if on_device else "cpu")
@@ -428,9 +450,11 @@ class Engine:
                 continue
             for k in keys:
                 old = st.get(k)
-                if old is not None:
+                if old is not None and not (k == _precision.MASTER and old.dtype != torch.float32):
                     _ops.assign_(views[i][k], old)
                     st[k] = views[i][k]
+                elif _precision.init(k, real_view(views[i][k]), real_view(p.detach())):
+                    st[k] = views[i][k]  # a policy set since the param's first step
             if steps is not None:
                 steps[i] = self._count(p, st) if self.spec.uses_step else 1
             if self.spec.uses_step:
@@ -448,7 +472,7 @@ class Engine:
         gbuf, pbuf = make(size), make(size)
         chunks = [_Chunk(lo, hi, offsets[lo], *_cat_runs(params, offsets, lo, hi, gbuf, pbuf)) for lo, hi in bounds]
         starts = [offsets[lo] for lo, hi in bounds for _ in range(lo, hi)]
-        return _Bucket(params, offsets, flat, views, steps, step_views, gbuf, [None] * len(params), pbuf,
+        return _Bucket(params, offsets, keys, flat, views, steps, step_views, gbuf, [None] * len(params), pbuf,
                        [None] * len(params), starts, like.dtype, probes, chunks,
                        [id(p) for p in params],
                        metas=tuple((like.dtype, torch.strided, pbuf.device, p.shape) for p in params),
@@ -481,7 +505,7 @@ class Engine:
         on_device = bool(group.get("capturable") or group.get("fused"))
         if self._stale and not torch.compiler.is_compiling():
             self._recount()
-        plan = self._plan(gi, group, keys, on_device, state)
+        plan = self._plan(gi, group, keys, on_device, state, hyper)
         complete = len(params) == len(plan.params)
         split = self._steady(plan, params, grads, state, metas) if complete else None
         whole = split is not None
@@ -490,7 +514,7 @@ class Engine:
         if split is None:
             # The packed layout no longer matches the state or the params: re-pack first.
             self._plans.pop(gi, None)
-            plan = self._plan(gi, group, keys, on_device, state)
+            plan = self._plan(gi, group, keys, on_device, state, hyper)
             split = self._split(plan, params, grads, keys, state)
         packed, loose = split
         # Traced by dynamo (``torch.compile`` around ``step()``), the large params take the
@@ -498,15 +522,19 @@ class Engine:
         prepared = whole and plan.direct is not None and not torch.compiler.is_compiling()
         direct_grads = _direct_grads(plan.direct, loose, checked=False) if prepared else None
         direct = direct_grads is not None
+        kw = {k: _f64(v) for k, v in hyper.items()}
+        kw.update(first=False, scratch=None)
+        layout = functools.partial(_precision.state_dtypes, keys, kw)
         made: dict[int, dict[str, Tensor]] = {}
         if not direct:
             for p, g in loose:
                 _checks.grad_like_param(p, g)
-                if group.get("fused"):
-                    _checks.state_like_param(p, state.get(p, _EMPTY), keys)
-            made = self._allocate(loose, keys, group, on_device, state)
-        kw = {k: _f64(v) for k, v in hyper.items()}
-        kw.update(first=False, scratch=None)
+                if g.is_sparse and "param_update" in kw:
+                    raise RuntimeError("param_update and state_dtype do not support sparse gradients; nothing was updated")
+            made = self._allocate(loose, layout, group, on_device, state)
+            if group.get("fused"):
+                for p, _ in loose:
+                    _checks.state_like_param(p, {**state.get(p, _EMPTY), **made.get(id(p), _EMPTY)}, layout(p.dtype))
         fused = None
         if group.get("fused"):
             if amp[1] is not None:  # a step may be skipped on the device
@@ -518,13 +546,16 @@ class Engine:
                 fused = plan.call = _fused.Call(self.spec, kw, *amp)
                 kinds = {(_real_dtype(b.dtype), b.pbuf.device) for b in packed}
                 kinds |= {(_real_dtype(p.dtype), p.device) for p, _ in loose}
-                fused.warm(keys, kinds, scalar_dtype())
+                fused.warm({kind: layout(kind[0]) for kind in kinds}, scalar_dtype())
             else:
                 fused.load_amp(*amp)
         return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made,
                      direct_grads, clip)
 
     def execute(self, work: _Work, state: dict) -> None:
+        if work.precise and work.fused is None and not self.spec.uses_step:
+            # Stochastic rounding's step for rules without one (the fused kernels count on the device).
+            work.kw["noise_count"] = self._rounds = self._rounds + 1
         for b, items in work.packed.items():
             if work.whole:
                 self._run_whole(b, items, work)
@@ -542,7 +573,7 @@ class Engine:
         # A step that saw every param's state leaves the plan valid until the state changes.
         tracked = isinstance(state, State) and not state.untracked and work.complete
         if tracked and work.fused is not None and not work.direct and not torch.compiler.is_compiling():
-            self._prepare_direct(work.plan, work.keys, state, work.fused)
+            self._prepare_direct(work.plan, work.layout, state, work.fused)
         work.plan.version = state.version if tracked else None
 
     def _recount(self) -> None:
@@ -574,7 +605,7 @@ class Engine:
         param's history with it."""
         return (count, self._amp_tags.get(pid, 0)) if self._amp_tags else count
 
-    def _prepare_direct(self, plan: _Plan, keys: tuple[str, ...], state: dict, fused: Call) -> None:
+    def _prepare_direct(self, plan: _Plan, layout: Callable[[torch.dtype], dict], state: dict, fused: Call) -> None:
         """After a fused step that saw every param, prepare the per-tensor params' kernel calls,
         so that steady steps skip every per-param lookup, view and check but the grad's."""
         plan.direct = plan.direct_count = plan.launch = plan.direct_counters = None
@@ -585,7 +616,7 @@ class Engine:
                 return
             st = state.get(p, _EMPTY)
             flat = storage_order(p)
-            tensors = {k: st.get(k) for k in keys}
+            tensors = {k: st.get(k) for k in layout(p.dtype)}
             if flat is None or any(t is None or t.stride() != p.stride() for t in tensors.values()):
                 return
             if self.spec.uses_step:
@@ -683,7 +714,7 @@ class Engine:
         elif prepared:
             b.launch = work.fused.prepare([
                 (real_view(b.pbuf[:n]).view(-1), real_view(b.gbuf[:n]).view(-1),
-                 {k: real_view(b.flat[k][c.start:c.start + n]).view(-1) for k in work.keys}, b.steps[c.lo])
+                 {k: real_view(b.flat[k][c.start:c.start + n]).view(-1) for k in b.keys}, b.steps[c.lo])
                 for c in b.chunks for n in (b.offsets[c.hi] - c.start,)])
         if direct is not None:
             direct.bump(b.params)
@@ -734,7 +765,7 @@ class Engine:
         return packed, loose
 
     def _run_bucket(self, b: _Bucket, items, work: _Work, state) -> None:
-        spec, keys = self.spec, work.keys
+        spec, keys = self.spec, b.keys
         grads: list[Optional[Tensor]] = [None] * len(b.params)
         for i, _, g, _ in items:
             grads[i] = g
@@ -812,12 +843,14 @@ class Engine:
 
     def _run_piece(self, b: _Bucket, c: _Chunk, lo: int, hi: int, fresh: bool, count: int, work: _Work) -> None:
         """The rule over params ``[lo, hi)`` of chunk ``c``, their values in the param buffer."""
-        spec, keys, kw = self.spec, work.keys, work.kw
+        spec, keys, kw = self.spec, b.keys, work.kw
         a, z = b.offsets[lo], b.offsets[hi]
         tensors = [real_view(b.flat[k][a:z]) for k in keys]
+        g = real_view(b.gbuf[a - c.start:z - c.start])
+        p = real_view(b.pbuf[a - c.start:z - c.start])
         if fresh:
             for k, t in zip(keys, tensors):
-                spec.init(k, t, work.group)
+                self._init(k, t, work.group, p)
         steps = None
         # Traced by dynamo, the step comes from the step tensors, as in torch's compiled step:
         # dynamo would guard on a host count (``Engine._stale``).
@@ -827,8 +860,6 @@ class Engine:
             steps.fill_(1) if fresh else steps.add_(1)
             if spec.uses_step:
                 kw["step"] = steps[0] if traced else b.step_views[lo] if work.on_device else count + 1
-        g = real_view(b.gbuf[a - c.start:z - c.start])
-        p = real_view(b.pbuf[a - c.start:z - c.start])
         if work.fused is not None:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
                        self._shared(count + 1, b.ids[lo]) if spec.uses_step and not traced else None)
@@ -836,27 +867,33 @@ class Engine:
         if work.clip is not None:
             g.mul_(work.clip.factor_on(g.device))  # the gathered copy of the grads
         kw["first"], kw["scratch"] = fresh, g
-        kw.update(zip(keys, tensors))
-        spec.rule(p, g, **spec.with_coefficients(kw))
+        self._update(p, g, dict(zip(keys, tensors)), work)
 
-    def _allocate(self, loose: list[tuple[Tensor, Tensor]], keys: tuple[str, ...], group: dict, on_device: bool,
-                  state: dict) -> dict[int, dict[str, Tensor]]:
+    def _allocate(self, loose: list[tuple[Tensor, Tensor]], layout: Callable[[torch.dtype], dict[str, torch.dtype]],
+                  group: dict, on_device: bool, state: dict) -> dict[int, dict[str, Tensor]]:
         """The state tensors the per-tensor params' step will create — at a param's first step,
-        or for an option switched on since (amsgrad) — and their scratch buffer, allocated
-        before anything is written (an allocation that fails leaves the step untaken)."""
+        or for an option switched on since (amsgrad, a precision policy) — and their scratch
+        buffer, allocated before anything is written (an allocation that fails leaves the step
+        untaken). A policy's state kept in another dtype than it says is converted here."""
         made: dict[int, dict[str, Tensor]] = {}
         fused, uses_step = bool(group.get("fused")), self.spec.uses_step
+        policy = _precision.active(group)
         for p, _ in loose:
             self._scratch_for(p)
             st = state.get(p, _EMPTY)
+            dtypes = layout(p.dtype)
+            keys = tuple(dtypes)
             fresh = self._fresh(st, keys)
             new: dict[str, Tensor] = {}
             if fresh and uses_step:
                 new["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
-            for k in keys:
-                if st.get(k) is None:
-                    new[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    self.spec.init(k, real_view(new[k]), group)
+            for k, dtype in dtypes.items():
+                old = st.get(k)
+                if old is None or (k == _precision.MASTER and old.dtype != dtype):
+                    new[k] = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                    self._init(k, real_view(new[k]), group, real_view(p.detach()))
+                elif policy and old.dtype != dtype and not p.is_complex():
+                    new[k] = old.to(dtype)
             if fused and not uses_step and (fresh or id(p) not in self._steps):
                 new[_PRIVATE_STEP] = torch.full((), 0 if fresh else 1, dtype=scalar_dtype(), device=p.device)
             if new:
@@ -865,7 +902,8 @@ class Engine:
 
     def _run_one(self, p: Tensor, g: Tensor, work: _Work, state) -> None:
         """The per-tensor path: the same rule on one param and its own state tensors."""
-        spec, keys, kw = self.spec, work.keys, work.kw
+        spec, kw = self.spec, work.kw
+        keys = tuple(work.layout(p.dtype)) if work.precise else work.keys
         tensors: list[Tensor] = []
         fresh, steps = False, None
         made = work.made.get(id(p), _EMPTY)
@@ -909,8 +947,22 @@ class Engine:
             fits = scratch is not None and not g.is_sparse and scratch.shape == g.shape
             g = _ops.scale(g, work.clip.factor_on(g.device), out=scratch if fits else None)
         kw["first"], kw["scratch"] = fresh, scratch
-        kw.update(zip(keys, tensors))
-        spec.rule(p, g, **spec.with_coefficients(kw))
+        self._update(p, g, dict(zip(keys, tensors)), work)
+
+    def _update(self, p: Tensor, g: Tensor, states: dict[str, Tensor], work: _Work) -> None:
+        """The rule on ``p`` and its ``states`` with ``work``'s numbers, eagerly: directly, or
+        through the group's precision policy."""
+        kw = self.spec.with_coefficients(work.kw)
+        if work.precise:
+            _precision.run(self.spec.rule, p, g, states, kw)
+        else:
+            kw.update(states)
+            self.spec.rule(p, g, **kw)
+
+    def _init(self, key: str, t: Tensor, group: dict, p: Tensor) -> None:
+        """Fill state tensor ``t`` of param ``p`` (real views) before the param's first step."""
+        if not _precision.init(key, t, p):
+            self.spec.init(key, t, group)
 
     def _scratch_for(self, p: Tensor) -> Optional[Tensor]:
         """A p-shaped tensor for the rule's temporaries, reused across params and steps.
@@ -995,11 +1047,12 @@ def _is_dtensor(t: Tensor) -> bool:
     return module is not None and isinstance(t, module.DTensor)
 
 
-def _retyped(params: list[Tensor], state: dict) -> bool:
-    """Whether a param's state tensors are of another dtype than the param."""
+def _retyped(params: list[Tensor], state: dict, layout: Callable[[torch.dtype], dict[str, torch.dtype]]) -> bool:
+    """Whether a param's state tensors are of another dtype than its ``layout`` says."""
     for p in params:
-        for v in state.get(p, _EMPTY).values():
-            if isinstance(v, Tensor) and v.dim() and v.dtype != p.dtype:
+        dtypes = layout(p.dtype)
+        for k, v in state.get(p, _EMPTY).items():
+            if isinstance(v, Tensor) and v.dim() and v.dtype != dtypes.get(k, p.dtype):
                 return True
     return False
 

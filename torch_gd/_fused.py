@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-from . import _private
+from . import _precision, _private
 
 _KERNELS: dict[tuple, "_Kernel"] = {}
 _WARM: set[tuple] = set()
@@ -49,25 +49,18 @@ def _apply(
     grad_scale: Optional[Tensor],
     found_inf: Optional[Tensor],
 ) -> None:
-    """The body every kernel traces: unscale, update, and keep the old values where skipped.
+    """The body every kernel traces: unscale, update, and keep the old values where skipped
+    (``_precision.run``).
 
     fp16/bf16 tensors are updated in fp32 and rounded once on the way out, as torch's fused
-    kernels do. GradScaler hands the scale and the inf flag as device tensors; dividing and
-    selecting inside the kernel saves the host sync of its own ``found_inf.item()``.
+    kernels do, or as the group's precision policy says. GradScaler hands the scale and the inf
+    flag as device tensors; dividing and selecting inside the kernel saves the host sync of its
+    own ``found_inf.item()``.
     """
-    originals = [p, *states.values()]
-    work = [t.float() if t.dtype in _LOW else t for t in originals]
-    if found_inf is not None:
-        # Where work aliases the original (fp32/fp64), keep the old value to restore.
-        olds = [t.clone() if w is t else t for t, w in zip(originals, work)]
     g = g.float() if g.dtype in _LOW else g
     if grad_scale is not None:
         g = g / grad_scale
-    rule(work[0], g, **dict(zip(states, work[1:])), **scalars, **statics, scratch=None)
-    for t, w, i in zip(originals, work, range(len(work))):
-        new = torch.where(found_inf > 0, olds[i], w) if found_inf is not None else w
-        if new is not t:
-            t.copy_(new)
+    _precision.run(rule, p, g, states, {**scalars, **statics}, found_inf)
 
 
 def _template(p, g, states, scalars, grad_scale, found_inf):  # pragma: no cover - traced
@@ -264,7 +257,8 @@ class Call:
         for name, value in kw.items():
             if name in ("scratch", "first", "step"):
                 continue
-            if isinstance(value, Tensor) or (not isinstance(value, bool) and value is not None and value != 0):
+            if isinstance(value, Tensor) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                             and value != 0):
                 self.numbers[name] = value
             elif isinstance(value, float):
                 # A coefficient that switches a term off shapes the kernel itself, as the int 0:
@@ -285,10 +279,12 @@ class Call:
         self._traced = self.statics if self.uses_first else {**self.statics, "first": False}
         self._kw = dict(kw)
         self._numbers_plain = not any(isinstance(v, Tensor) for v in self.numbers.values())
+        # Whether stochastic rounding draws bits at each step's count (``_precision``).
+        self._noisy = kw.get("param_update") == "stochastic_rounding" or kw.get("state_dtype") is not None
         # Whether every number is a Python number and no step can be skipped on the device:
         # then a step's numbers can be computed on the host wherever the host knows the step
-        # count (``host_numbers``).
-        self.plain = self._numbers_plain and found_inf is None
+        # count (``host_numbers``; a rule without ``step`` knows it only on the device).
+        self.plain = self._numbers_plain and found_inf is None and not (self._noisy and not spec.uses_step)
 
     def reusable(self, kw: dict[str, Any], grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> bool:
         """Whether this call serves a step with hyperparameters ``kw`` and these GradScaler (or
@@ -335,6 +331,8 @@ class Call:
         values = dict(self.numbers)
         if self.spec.uses_step:
             values["step"] = float(count)
+        if self._noisy:
+            values["noise_count"] = float(count)
         if self.spec.coefficients is not None:
             values.update(self.spec.coefficients(**self.statics, **values))
         if self.uses_first:
@@ -360,6 +358,8 @@ class Call:
         scalars = dict(scalars)
         if self.spec.uses_step:
             scalars["step"] = step
+        if self._noisy:
+            scalars["noise_count"] = step
         if self.spec.coefficients is not None:
             compute = torch.float32 if dtype in _LOW else dtype
             coefficients = self.spec.coefficients(**self.statics, **scalars)
@@ -401,23 +401,25 @@ class Call:
         """The kernels this call has used, described (``describe``)."""
         return [describe(k, self.rule, self._traced, dtype, device) for (dtype, device), k in self._kernels.items()]
 
-    def warm(self, keys: tuple[str, ...], kinds: set, step_dtype: torch.dtype) -> None:
-        """Compile every kernel this step needs on dummies before anything is
-        updated: a missing compiler fails here, with nothing half-applied. Traced by dynamo (a
-        user's ``torch.compile`` around ``step()``) there is nothing to compile: see ``__call__``."""
+    def warm(self, kinds: dict[tuple[torch.dtype, torch.device], dict[str, torch.dtype]],
+             step_dtype: torch.dtype) -> None:
+        """Compile every kernel this step needs on dummies before anything is updated: a missing
+        compiler fails here, with nothing half-applied. ``kinds``: the params' (dtype, device),
+        each with its state tensors' dtypes. Traced by dynamo (a user's ``torch.compile`` around
+        ``step()``) there is nothing to compile: see ``__call__``."""
         if torch.compiler.is_compiling():
             return
-        for dtype, device in kinds:
+        for (dtype, device), layout in kinds.items():
             compiled = self._kernel(dtype, device)
             # Each variant (with or without GradScaler's or a clip's tensors) is its own graph,
             # tuned for the size it is first compiled at.
             key = (_key(self.rule, self._traced, dtype, device), *map(_kind, self._amp(device)))
             if key in _WARM:
                 continue
-            make = lambda: torch.zeros(_WARM_NUMEL, dtype=dtype, device=device)  # noqa: E731
+            make = lambda like=dtype: torch.zeros(_WARM_NUMEL, dtype=like, device=device)  # noqa: E731
             scalars = self._dynamic(self.scalars(device), torch.ones((), dtype=step_dtype, device=device), dtype)
             try:
-                compiled(make(), make(), {k: make() for k in keys}, scalars, *self._amp(device))
+                compiled(make(), make(), {k: make(like) for k, like in layout.items()}, scalars, *self._amp(device))
             except Exception as exc:  # noqa: BLE001 - any compiler failure gets the same advice
                 raise compiler_error(exc) from exc
             _WARM.add(key)

@@ -109,6 +109,9 @@ class Program:
         hyper = self._hyper(group)
         if any(isinstance(v, Tensor) for v in hyper.values()) or self._state_keys(group) != work.keys:
             return False
+        # A precision policy changed: other state, other kernels.
+        if any(not isinstance(v, (int, float)) and v != work.kw.get(k) for k, v in hyper.items()):
+            return False
         # A term switched on or off (momentum from 0) may change what the rule keeps or reads.
         if any((work.kw.get(k) == 0) != (v == 0) for k, v in hyper.items() if isinstance(v, (int, float))):
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+import torch
 from torch import Tensor
 
 from . import _checks
@@ -105,6 +106,9 @@ class Adam(Optimizer):
         fused: Optional[bool] = None,
         decoupled_weight_decay: bool = False,
         check_finite: bool = False,
+        param_update: Optional[str] = None,
+        state_dtype: Optional[torch.dtype] = None,
+        generator: Optional[torch.Generator] = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -119,7 +123,8 @@ class Adam(Optimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults, check_finite=check_finite)
+        super().__init__(params, defaults, check_finite=check_finite, param_update=param_update,
+                         state_dtype=state_dtype, generator=generator)
 
     def _normalize(self, defaults: dict[str, Any]) -> dict[str, Any]:
         # torch stores 1-element tensor betas as 0-dim tensors.
@@ -180,11 +185,15 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: Optional[bool] = None,
         check_finite: bool = False,
+        param_update: Optional[str] = None,
+        state_dtype: Optional[torch.dtype] = None,
+        generator: Optional[torch.Generator] = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
             capturable=capturable, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=True, check_finite=check_finite,
+            decoupled_weight_decay=True, check_finite=check_finite, param_update=param_update,
+            state_dtype=state_dtype, generator=generator,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from . import _checks
+from . import _checks, _precision
 from ._clip import PendingClip, total_norm
 from ._private import traceable_step, use_grad_for_differentiable
 from ._engine import Engine, Spec, scalar_dtype
@@ -24,16 +24,35 @@ from ._steady import grad, grad_meta
 
 
 _layout = operator.itemgetter(1)
+# The precision policy's group settings, and their value in groups that predate them.
+_POLICY_DEFAULTS = {"param_update": None, "state_dtype": None}
 _is_none = functools.partial(operator.is_, None)
 
 
 class Optimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose step runs one update rule through the shared engine.
 
-    ``check_finite=True`` (keyword-only, every optimizer; not in torch) makes ``step()`` raise
-    a RuntimeError naming the param when a grad holds NaN or Inf, before anything is updated.
-    It reads one flag from the device per step, so it cannot be used with ``capturable=True``.
-    torch's behaviour, the default, lets NaN/Inf propagate element-wise into params and state.
+    Keyword-only arguments of every optimizer, after torch's (not in torch):
+
+    - ``check_finite=True`` makes ``step()`` raise a RuntimeError naming the param when a grad
+      holds NaN or Inf, before anything is updated. It reads one flag from the device per step,
+      so it cannot be used with ``capturable=True``. torch's behaviour, the default, lets
+      NaN/Inf propagate element-wise into params and state.
+    - ``param_update`` (a group setting), for bf16/fp16 params (fp32/fp64 params are updated as
+      without it): ``"fp32_master"`` keeps an fp32 copy of the param in state (``master``) that
+      the update runs on, the param being its rounding; ``"kahan"`` keeps a compensation buffer
+      in the param's dtype (``compensation``) carrying what rounding dropped into the next
+      update; ``"stochastic_rounding"`` rounds the new value up or down at random, unbiased,
+      with no extra state. ``None`` (default): torch's rounding to nearest.
+    - ``state_dtype`` (a group setting): ``torch.bfloat16`` or ``torch.float32`` keeps the
+      rule's state tensors (moments, momentum, sums) in that dtype whatever the param's; they
+      are updated in fp32, and bf16 state is rounded stochastically on its way back. ``None``
+      (default): the param's dtype, as torch.
+    - ``generator``: stochastic rounding's random bits are a hash of a seed, the step and the
+      element, drawn from no generator (so the caller's random stream is not shifted, and
+      steps are capturable in CUDA graphs). The seed is the initial seed of ``generator``, or
+      of torch's default generator (``torch.manual_seed``) when it is None, read when the
+      optimizer is built.
     """
 
     _spec: Spec
@@ -44,9 +63,15 @@ class Optimizer(torch.optim.Optimizer):
     # The factor of the last ``clip_grad_norm``, until the step that applies it or ``zero_grad``.
     _clip: Optional[PendingClip] = None
 
-    def __init__(self, params: Any, defaults: dict[str, Any], *, check_finite: bool = False) -> None:
+    def __init__(self, params: Any, defaults: dict[str, Any], *, check_finite: bool = False,
+                 param_update: Optional[str] = None, state_dtype: Optional[torch.dtype] = None,
+                 generator: Optional[torch.Generator] = None) -> None:
         _checks.flag("check_finite", check_finite)
         self.check_finite = check_finite
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self._noise_seed = _precision.seed_of(generator)
+        defaults = {**defaults, "param_update": param_update, "state_dtype": state_dtype}
         self._check_group(defaults)
         defaults = self._normalize(defaults)
         _checks.implementation(defaults)
@@ -67,6 +92,7 @@ class Optimizer(torch.optim.Optimizer):
         for name, default in self._flag_defaults.items():
             _checks.flag(name, group[name], optional=name in ("foreach", "fused"))
         _checks.finite_check_allowed(self.check_finite, group)
+        _checks.precision_policy(group)
 
     def _normalize(self, defaults: dict[str, Any]) -> dict[str, Any]:
         """Defaults as torch stores them, once checked."""
@@ -79,6 +105,10 @@ class Optimizer(torch.optim.Optimizer):
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments the rule reads from ``group``."""
         raise NotImplementedError
+
+    def _rule_kw(self, group: dict[str, Any]) -> dict[str, Any]:
+        """``_hyper`` and the group's precision policy, as the engine hands them to the rule."""
+        return {**self._hyper(group), **_precision.rule_kw(group, self._noise_seed)}
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
         """torch's message when a sparse grad reaches this group and cannot be used, else None."""
@@ -183,19 +213,53 @@ class Optimizer(torch.optim.Optimizer):
         return state_dict
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "check_finite": self.check_finite}
+        return {**super().__getstate__(), "check_finite": self.check_finite, "_noise_seed": self._noise_seed}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.state = State(self.state)
+        if not hasattr(self, "_noise_seed"):
+            self._noise_seed = _precision.seed_of(None)
         for group in self.param_groups:
-            for name, default in self._flag_defaults.items():
+            for name, default in {**self._flag_defaults, **_POLICY_DEFAULTS}.items():
                 group.setdefault(name, default)
         # State tensors were replaced (load_state_dict, unpickling, deepcopy): re-pack them.
         self._engine = Engine(self._spec)
         self._distinct_params: dict[int, list[Tensor]] = {}
         if self._spec.uses_step:
             self._steps_as_tensors()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, keeping the precision policy's state as the policy says.
+
+        torch takes the checkpoint's group settings and casts every state tensor but ``step`` to
+        its param's dtype. Here, after that: a group whose checkpoint has no policy settings (one
+        saved by torch.optim) keeps this optimizer's; state tensors go back to the policy's
+        ``state_dtype``; an fp32 master is kept in fp32 as saved, and rebuilt from the param
+        where it is missing, not fp32, or not what the param is the rounding of (saved by
+        torch.optim, which casts it to the param's dtype: what it held beyond that is lost).
+        """
+        policies = [{k: g[k] for k in _POLICY_DEFAULTS} for g in self.param_groups]
+        saved_groups = state_dict["param_groups"]
+        saved_ids = [i for g in saved_groups for i in g["params"]]
+        masters = {i: st.get(_precision.MASTER) for i, st in state_dict["state"].items() if isinstance(st, dict)}
+        super().load_state_dict(state_dict)
+        by_saved_id = dict(zip(saved_ids, (p for g in self.param_groups for p in g["params"])))
+        for group, saved, policy in zip(self.param_groups, saved_groups, policies):
+            for key, value in policy.items():
+                if key not in saved:
+                    group[key] = value
+        master_of = {id(by_saved_id[i]): m for i, m in masters.items() if i in by_saved_id}
+        for group in self.param_groups:
+            if not _precision.active(group):
+                continue
+            kw = _precision.rule_kw(group, self._noise_seed)
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st:
+                    _precision.restore(st, p, _precision.state_dtypes(self._state_keys(group), kw, p.dtype),
+                                       master_of.get(id(p)))
+        self._engine.invalidate()
 
     def _steps_as_tensors(self) -> None:
         """Old checkpoints store ``step`` as a Python number; torch converts it, and so do we."""
@@ -256,7 +320,7 @@ class Optimizer(torch.optim.Optimizer):
                     "construct every group with fused=True, or leave fused unset in all of them"
                 )
             work.append(self._engine.prepare(
-                gi, group, params, grads, metas, self._state_keys(group), self._hyper(group), self.state,
+                gi, group, params, grads, metas, self._state_keys(group), self._rule_kw(group), self.state,
                 fused_amp if fused else amp, None if fused else clip)
                 if params else None)
         for w in work:
@@ -265,7 +329,7 @@ class Optimizer(torch.optim.Optimizer):
         self._clip = None
         if not torch.compiler.is_compiling():
             if plain:
-                self._engine.record(self.param_groups, work, self.state, self._hyper, self._state_keys, fused_amp, clip)
+                self._engine.record(self.param_groups, work, self.state, self._rule_kw, self._state_keys, fused_amp, clip)
             else:
                 self._engine.forget_program()
         return loss

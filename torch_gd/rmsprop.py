@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
+import torch
 from torch import Tensor
 
 from . import _checks
@@ -86,6 +87,9 @@ class RMSprop(Optimizer):
         *,
         fused: Optional[bool] = None,
         check_finite: bool = False,
+        param_update: Optional[str] = None,
+        state_dtype: Optional[torch.dtype] = None,
+        generator: Optional[torch.Generator] = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -100,7 +104,8 @@ class RMSprop(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults, check_finite=check_finite)
+        super().__init__(params, defaults, check_finite=check_finite, param_update=param_update,
+                         state_dtype=state_dtype, generator=generator)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for group in state.get("param_groups", []):

@@ -80,6 +80,9 @@ class SGD(Optimizer):
         fused: Optional[bool] = None,
         capturable: bool = False,
         check_finite: bool = False,
+        param_update: Optional[str] = None,
+        state_dtype: Optional[torch.dtype] = None,
+        generator: Optional[torch.Generator] = None,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -93,7 +96,8 @@ class SGD(Optimizer):
             "fused": fused,
             "capturable": capturable,
         }
-        super().__init__(params, defaults, check_finite=check_finite)
+        super().__init__(params, defaults, check_finite=check_finite, param_update=param_update,
+                         state_dtype=state_dtype, generator=generator)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]

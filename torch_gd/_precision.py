@@ -1,0 +1,207 @@
+"""The precision policy: how an update reaches bf16/fp16 params, and the dtype state is kept in.
+
+A group's ``param_update`` and ``state_dtype`` (keyword arguments of every optimizer) wrap its
+rule, on every path, in one function (``run``): the rule runs on fp32 working copies of the
+param and its state, and the results go back to storage as the policy says.
+
+- ``"fp32_master"``: the working param is an fp32 copy kept in state (``master``); the param is
+  its rounding to nearest.
+- ``"kahan"``: the working param is the param plus a compensation buffer in the param's dtype
+  (``compensation``), which keeps what rounding the result dropped: the rounding error is
+  carried into the next update instead of lost.
+- ``"stochastic_rounding"``: the working param is the param; the result is rounded up or down
+  with probabilities that make its expectation the fp32 value, so updates far below half an
+  ulp still move the param on average.
+
+``state_dtype`` keeps the rule's state tensors (moments, momentum, sums) in bf16 or fp32
+whatever the param's dtype; bf16 state is rounded stochastically on its way back.
+
+Random bits come from a counter-based hash of (seed, step, element index, the value being
+rounded): no generator state, nothing drawn from torch's generators, the same bits eagerly and
+inside a compiled kernel, on the device, capturable in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+LOW = (torch.float16, torch.bfloat16)
+PARAM_UPDATES = (None, "fp32_master", "kahan", "stochastic_rounding")
+STATE_DTYPES = (None, torch.bfloat16, torch.float32)
+# The state keys the policies add, beside the rule's own.
+MASTER, COMPENSATION = "master", "compensation"
+# What a group's rule keywords carry for ``run`` once a policy is set (``rule_kw``).
+KEYS = ("param_update", "state_dtype", "noise_seed")
+_M32 = 0xFFFFFFFF
+
+
+def active(group: dict) -> bool:
+    """Whether ``group`` sets a policy."""
+    return group.get("param_update") is not None or group.get("state_dtype") is not None
+
+
+def rule_kw(group: dict, seed: int) -> dict[str, Any]:
+    """What ``run`` reads from the rule's keywords: nothing for a group without a policy, so
+    that its rule is called as it is."""
+    if not active(group):
+        return {}
+    return {"param_update": group.get("param_update"), "state_dtype": group.get("state_dtype"), "noise_seed": seed}
+
+
+def state_dtypes(keys: tuple[str, ...], kw: dict[str, Any], dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """Each state tensor a param of ``dtype`` keeps, with its dtype: the rule's ``keys`` and,
+    for bf16/fp16 params, the policy's own buffer."""
+    state_dtype = kw.get("state_dtype") if dtype.is_floating_point else None
+    out = {k: state_dtype or dtype for k in keys}
+    update = kw.get("param_update")
+    if dtype in LOW and update == "fp32_master":
+        out[MASTER] = torch.float32
+    elif dtype in LOW and update == "kahan":
+        out[COMPENSATION] = dtype
+    return out
+
+
+def init(key: str, t: Tensor, p: Tensor) -> bool:
+    """Fill a policy buffer before its param's first step: the master with the param's value,
+    the compensation with zeros. False for the rule's own keys."""
+    if key == MASTER:
+        t.copy_(p)
+    elif key == COMPENSATION:
+        t.zero_()
+    else:
+        return False
+    return True
+
+
+def restore(st: dict, p: Tensor, dtypes: dict[str, torch.dtype], saved_master: Optional[Tensor]) -> None:
+    """A loaded param state ``st`` (cast by torch to the param's dtype) put back in the dtypes
+    the policy keeps (``dtypes``): the master from ``saved_master`` (the checkpoint's tensor,
+    before torch's cast) where it is fp32 and rounds to the param, else from the param."""
+    for k, dtype in dtypes.items():
+        t = st.get(k)
+        if k == MASTER:
+            ok = (saved_master is not None and saved_master.dtype == torch.float32
+                  and saved_master.shape == p.shape and torch.equal(saved_master.to(p.device, p.dtype), p.detach()))
+            st[k] = _like(p, saved_master if ok else p.detach())
+        elif t is not None and t.dtype != dtype:
+            st[k] = t.to(dtype)
+
+
+def _like(p: Tensor, values: Tensor) -> Tensor:
+    """An fp32 tensor with ``p``'s layout holding ``values``."""
+    out = torch.empty_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+    return out.copy_(values)
+
+
+def seed_of(generator: Optional[torch.Generator]) -> int:
+    """The noise seed: from the initial seed of ``generator``, or of torch's default one (set by
+    ``torch.manual_seed``), which reading does not advance. Never 0 (a zero number would be
+    compiled into a kernel as a constant)."""
+    seed = (generator.initial_seed() if generator is not None else torch.initial_seed()) & ((1 << 64) - 1)
+    return (_mix((seed & _M32) ^ _mix(seed >> 32)) & 0x7FFFFFFF) | 1
+
+
+def run(rule: Callable[..., None], p: Tensor, g: Tensor, states: dict[str, Tensor], kw: dict[str, Any],
+        found_inf: Optional[Tensor] = None) -> None:
+    """``rule`` on fp32 working copies of ``p`` and ``states``, written back as ``kw``'s policy
+    says. ``found_inf`` (a fused kernel's GradScaler or clip flag): where it is set, every
+    tensor keeps its old value."""
+    kw = dict(kw)
+    update, state_dtype = kw.pop("param_update", None), kw.pop("state_dtype", None)
+    seed, count = kw.pop("noise_seed", 1), kw.pop("noise_count", None)
+    if count is None:
+        count = kw.get("step", 0)
+    master, comp = states.get(MASTER), states.get(COMPENSATION)
+    own = {k: t for k, t in states.items() if k not in (MASTER, COMPENSATION)}
+    low = p.dtype in LOW
+    if master is not None:
+        w = master
+    elif comp is not None:
+        w = p.float() + comp.float()
+    else:
+        w = p.float() if low else p
+    work = {k: t.float() if t.dtype in LOW else t for k, t in own.items()}
+    olds = {}
+    if found_inf is not None:  # working tensors that are the stored ones are updated in place
+        olds = {id(t): t.clone() for t in (w, *work.values()) if any(t is s for s in (p, master, *own.values()))}
+    g32 = g.float() if g.dtype in LOW else g
+    kw.pop("scratch", None)
+    rule(w, g32, **work, **kw, scratch=g32 if g32 is not g else None)
+    writes: list[tuple[Tensor, Tensor]] = []
+    if master is not None:
+        writes += [(master, w), (p, w.to(p.dtype))]
+    elif comp is not None:
+        rounded = on_grid(w, p.dtype)
+        writes += [(p, rounded.to(p.dtype)), (comp, (w - rounded).to(comp.dtype))]
+    elif update == "stochastic_rounding" and low:
+        writes.append((p, stochastic_round(w, p.dtype, _noise(seed, count, 0, w))))
+    else:
+        writes.append((p, w))
+    for i, (k, t) in enumerate(own.items(), start=1):
+        new = work[k]
+        if state_dtype is not None and t.dtype in LOW:
+            new = stochastic_round(new, t.dtype, _noise(seed, count, i, new))
+        writes.append((t, new))
+    for t, new in writes:
+        if found_inf is not None:
+            new = torch.where(found_inf > 0, olds.get(id(t), t), new)
+        if new is not t:
+            t.copy_(new)
+
+
+def stochastic_round(x: Tensor, dtype: torch.dtype, r: Tensor) -> Tensor:
+    """fp32 ``x`` rounded to ``dtype`` (bf16 or fp16) up or down, up with probability equal to
+    the distance from the lower neighbour in ulps, from random bits ``r`` (int64 in [0, 2³²))."""
+    return on_grid(x, dtype, r).to(dtype)
+
+
+def on_grid(x: Tensor, dtype: torch.dtype, r: Optional[Tensor] = None) -> Tensor:
+    """fp32 ``x`` rounded to the values of ``dtype`` (bf16 or fp16), still in fp32: to nearest
+    (ties to even), or stochastically with random bits ``r``.
+
+    The low bits fp32 has beyond ``dtype`` are a fraction of an ulp: adding half an ulp, or a
+    uniform random number of that many bits, and truncating rounds to nearest, or up exactly
+    as often as that fraction says (torchao's ``bf16_stochastic_round``). fp16 keeps 13 fewer
+    bits, and below 2⁻¹⁴ its ulp is 2⁻²⁴. Integer ops, not ``x.to(dtype).float()``: a compiled
+    kernel keeps values in fp32 between ops and may drop such a round trip."""
+    bits = x.view(torch.int32)
+    drop = 16 if dtype == torch.bfloat16 else 13
+    if r is None:
+        add = ((bits >> drop) & 1) + ((1 << (drop - 1)) - 1)
+    else:
+        add = (r & ((1 << drop) - 1)).to(torch.int32)
+    out = ((bits + add) & -(1 << drop)).view(torch.float32)
+    if dtype == torch.float16:
+        scaled = x * 2.0**24  # exact: subnormal fp16 are the multiples of 2⁻²⁴
+        if r is None:
+            sub = scaled.round()
+        else:
+            low = scaled.floor()
+            sub = low + (((r >> 8) & 0xFFFFFF).to(torch.float32) * 2.0**-24 < scaled - low).to(torch.float32)
+        out = torch.where(x.abs() < 2.0**-14, sub * 2.0**-24, out)
+    return torch.where(torch.isfinite(x), out, x)
+
+
+def _noise(seed: Any, count: Any, salt: int, x: Tensor) -> Tensor:
+    """32 random bits per element of ``x``: a hash of the seed, the step, which tensor of the
+    update (``salt``), the element's index and its value."""
+    base = _mix(_mix(_int(seed) ^ salt) ^ _int(count))
+    index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+    return _mix(_mix(index ^ base) ^ (x.view(torch.int32).to(torch.int64) & _M32))
+
+
+def _int(x: Any) -> Any:
+    return x.to(torch.int64) & _M32 if isinstance(x, Tensor) else int(x) & _M32
+
+
+def _mix(x: Any) -> Any:
+    """A 32-bit integer hash (lowbias32's shape) in int64 arithmetic that never overflows:
+    both multipliers are below 2³¹ and every product is masked back to 32 bits."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _M32
+    return x ^ (x >> 16)
