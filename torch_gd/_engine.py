@@ -409,12 +409,19 @@ class Engine:
         return plan
 
     def packed_state(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool,
-                     state: dict, policy: dict[str, Any]) -> dict[int, tuple[Tensor, Tensor]]:
-        """Plan group ``gi`` now and give, by ``id(param)``, the ``step`` and the state tensor of
-        each packed param (rules with ``step`` and one state key), views of the flat buffers, for
-        optimizers that create state at construction (Adagrad)."""
+                     state: dict, policy: dict[str, Any]) -> dict[int, tuple[Tensor, dict[str, Tensor]]]:
+        """Plan group ``gi`` now and give, by ``id(param)``, the ``step`` and the state tensors
+        (the rule's and the precision policy's) of each packed param, views of the flat
+        buffers, for optimizers that create state at construction (Adagrad). The policy's are
+        filled here (``_precision.init``), the rule's left to the caller."""
         plan = self._plan(gi, group, keys, on_device, state, policy)
-        return {id(p): (b.step_views[i], b.views[i][keys[0]]) for b in plan.buckets for i, p in enumerate(b.params)}
+        out = {}
+        for b in plan.buckets:
+            for i, p in enumerate(b.params):
+                for k, view in b.views[i].items():
+                    _precision.init(k, real_view(view), real_view(p.detach()))
+                out[id(p)] = (b.step_views[i], b.views[i])
+        return out
 
     def _pack(self, params: list[Tensor], layout: dict[str, torch.dtype], on_device: bool, counted: bool,
               state: dict) -> _Bucket:

@@ -123,7 +123,8 @@ class Adagrad(Optimizer):
         for p in group["params"]:
             state = self.state[p]
             if id(p) in packed:
-                state["step"], state["sum"] = packed[id(p)]
+                state["step"], views = packed[id(p)]
+                state.update(views)
             else:
                 state["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
                 dtype = state_dtypes(("sum",), kw, p.dtype)["sum"]
