@@ -105,10 +105,11 @@ def seed_of(generator: Optional[torch.Generator]) -> int:
 
 
 def run(rule: Callable[..., None], p: Tensor, g: Tensor, states: dict[str, Tensor], kw: dict[str, Any],
-        found_inf: Optional[Tensor] = None) -> None:
+        found_inf: Optional[Tensor] = None, start: int = 0) -> None:
     """``rule`` on fp32 working copies of ``p`` and ``states``, written back as ``kw``'s policy
     says. ``found_inf`` (a fused kernel's GradScaler or clip flag): where it is set, every
-    tensor keeps its old value."""
+    tensor keeps its old value. ``start``: where ``p`` starts in its param, for the random
+    bits (a chunk of a param draws those of its elements)."""
     kw = dict(kw)
     update, state_dtype = kw.pop("param_update", None), kw.pop("state_dtype", None)
     seed, count = kw.pop("noise_seed", 1), kw.pop("noise_count", None)
@@ -137,13 +138,13 @@ def run(rule: Callable[..., None], p: Tensor, g: Tensor, states: dict[str, Tenso
         rounded = on_grid(w, p.dtype)
         writes += [(p, rounded.to(p.dtype)), (comp, (w - rounded).to(comp.dtype))]
     elif update == "stochastic_rounding" and low:
-        writes.append((p, stochastic_round(w, p.dtype, _noise(seed, count, 0, w))))
+        writes.append((p, stochastic_round(w, p.dtype, _noise(seed, count, 0, w, start))))
     else:
         writes.append((p, w))
     for i, (k, t) in enumerate(own.items(), start=1):
         new = work[k]
         if state_dtype is not None and t.dtype in LOW:
-            new = stochastic_round(new, t.dtype, _noise(seed, count, i, new))
+            new = stochastic_round(new, t.dtype, _noise(seed, count, i, new, start))
         writes.append((t, new))
     for t, new in writes:
         if found_inf is not None:
@@ -185,11 +186,11 @@ def on_grid(x: Tensor, dtype: torch.dtype, r: Optional[Tensor] = None) -> Tensor
     return torch.where(torch.isfinite(x), out, x)
 
 
-def _noise(seed: Any, count: Any, salt: int, x: Tensor) -> Tensor:
+def _noise(seed: Any, count: Any, salt: int, x: Tensor, start: int = 0) -> Tensor:
     """32 random bits per element of ``x``: a hash of the seed, the step, which tensor of the
-    update (``salt``), the element's index and its value."""
+    update (``salt``), the element's index (from ``start``) and its value."""
     base = _mix(_mix(_int(seed) ^ salt) ^ _int(count))
-    index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+    index = torch.arange(start, start + x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
     return _mix(_mix(index ^ base) ^ (x.view(torch.int32).to(torch.int64) & _M32))
 
 
