@@ -1,7 +1,7 @@
 """The precision policy: ``param_update`` and ``state_dtype``, on every optimizer and path.
 
 Properties of the rounding itself (unbiased stochastic rounding that never passes a neighbour,
-nearest rounding equal to torch's cast, Kahan sums within an ulp of fp32), the fp32 master
+Kahan sums within an ulp of fp32), the fp32 master
 against the same path on fp32 params and against torch.optim, bf16 state, reproducibility,
 checkpoints both ways, bad input, and a regression task where plain bf16 stalls.
 """
@@ -50,15 +50,6 @@ def _grads(params, gen, dtype=None):
 # ---------------------------------------------------------------- the rounding itself
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_nearest_rounding_is_torchs_cast(dtype):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1 << 16, generator=gen) * torch.logspace(-9, 4, 1 << 16)
-    x = torch.cat([x, torch.tensor([0.0, -0.0, 1e-8, 2**-25, 3 * 2**-25, 1.0 + 2**-8, 1.0 + 3 * 2**-8])])
-    expected = x.to(dtype).float()
-    torch.testing.assert_close(_precision.on_grid(x, dtype), expected, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("dtype,low", [(torch.bfloat16, 1.0), (torch.bfloat16, -3.5), (torch.bfloat16, 1e-30),
                                        (torch.float16, 1.0), (torch.float16, -2.0**-20)])
 @pytest.mark.parametrize("fraction", [0.0, 1 / 16, 0.25, 0.5, 0.7, 15 / 16])
@@ -80,7 +71,7 @@ def test_stochastic_rounding_is_unbiased_and_stays_between_neighbours(dtype, low
 
 def test_stochastic_rounding_keeps_non_finite_values():
     x = torch.tensor([math.inf, -math.inf, math.nan, 0.0])
-    out = _precision.stochastic_round(x, torch.bfloat16, torch.full((4,), 0xFFFF, dtype=torch.int64))
+    out = _precision.stochastic_round(x, torch.bfloat16, torch.full((4,), 0xFFFF, dtype=torch.int32))
     assert out[0] == math.inf and out[1] == -math.inf and out[2].isnan() and out[3] == 0
 
 
@@ -98,7 +89,8 @@ def test_random_bits_are_the_same_compiled():
 @pytest.mark.parametrize("path", ["per-tensor", "default", "fused"])
 def test_kahan_sum_of_tiny_updates_is_the_fp32_sum(path):
     """N updates far below half an ulp of the weight: Kahan summation ends within one bf16 ulp
-    of the fp32 sum, where rounding each update to nearest never moves the weight."""
+    of the fp32 sum, where rounding each update to nearest never moves the weight. (Compiled,
+    the compensation reads back a rounding, which Inductor drops unless it emulates casts.)"""
     n, lr = 200, 1e-3
     start = torch.linspace(1.0, 1.9, 64)
     with pack_max_numel(BOUNDARY):
