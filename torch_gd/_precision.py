@@ -127,7 +127,9 @@ def run(rule: Callable[..., None], p: Tensor, g: Tensor, states: dict[str, Tenso
     own = {k: t for k, t in states.items() if k not in (MASTER, COMPENSATION)}
     low = p.dtype in LOW
     if master is not None:
-        w = master
+        # Compiled, a new value: Inductor makes a second pass over the master to round it into
+        # the param when the rule updates it in place (resnet50 AdamW: 30.6 ms, 14-15 with this).
+        w = master.clone() if torch.compiler.is_compiling() else master
     elif comp is not None:
         w = p.float() + comp.float()
     else:
