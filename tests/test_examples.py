@@ -21,6 +21,7 @@ pytest.importorskip("torchvision", reason="the examples need torchvision")
     ("gd_variants.py", "gd_variants: each variant trained for"),
     ("learning_rate.py", "stable for lr < 2/L"),
     ("optimizer_race.py", "distance to (1, 1)"),
+    ("bf16_training.py", "final loss above ln 2"),
 ])
 def test_example_smoke_run(script, expect, tmp_path):
     out = tmp_path / "picture.png"

@@ -1,7 +1,7 @@
 """The precision policy: ``param_update`` and ``state_dtype``, on every optimizer and path.
 
 Properties of the rounding itself (unbiased stochastic rounding that never passes a neighbour,
-Kahan sums within an ulp of fp32), the fp32 master
+rounding to nearest equal to torch's cast, Kahan sums within an ulp of fp32), the fp32 master
 against the same path on fp32 params and against torch.optim, bf16 state, reproducibility,
 checkpoints both ways, bad input, and a regression task where plain bf16 stalls.
 """
@@ -50,6 +50,24 @@ def _grads(params, gen, dtype=None):
 # ---------------------------------------------------------------- the rounding itself
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("split", [True, False], ids=["veltkamp", "integer"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_nearest_rounding_is_torchs_cast(dtype, split, compiled):
+    """Both ways of rounding to nearest (the CPU's and the other devices'), eagerly and inside
+    a compiled kernel, give torch's cast, on values from 1e-9 to 1e4 and at ties."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1 << 16, generator=gen) * torch.logspace(-9, 4, 1 << 16)
+    x = torch.cat([x, torch.tensor([0.0, -0.0, 1e-8, 2**-25, 3 * 2**-25, 1.0 + 2**-8, 1.0 + 3 * 2**-8,
+                                    1.0 + 2**-11, 1.0 + 3 * 2**-11, 2**-24 * 2.5, -(2**-24) * 3.5])])
+    fn = lambda v: _precision.nearest(v, dtype, split)  # noqa: E731
+    if compiled:
+        fn = torch.compile(fn, fullgraph=True, dynamic=True)
+    expected = x.to(dtype).float()
+    in_range = x.abs() < torch.finfo(dtype).max
+    torch.testing.assert_close(fn(x)[in_range], expected[in_range], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype,low", [(torch.bfloat16, 1.0), (torch.bfloat16, -3.5), (torch.bfloat16, 1e-30),
                                        (torch.float16, 1.0), (torch.float16, -2.0**-20)])
 @pytest.mark.parametrize("fraction", [0.0, 1 / 16, 0.25, 0.5, 0.7, 15 / 16])
@@ -90,7 +108,7 @@ def test_random_bits_are_the_same_compiled():
 def test_kahan_sum_of_tiny_updates_is_the_fp32_sum(path):
     """N updates far below half an ulp of the weight: Kahan summation ends within one bf16 ulp
     of the fp32 sum, where rounding each update to nearest never moves the weight. (Compiled,
-    the compensation reads back a rounding, which Inductor drops unless it emulates casts.)"""
+    the compensation reads back a rounding: a cast round trip there is dropped by Inductor.)"""
     n, lr = 200, 1e-3
     start = torch.linspace(1.0, 1.9, 64)
     with pack_max_numel(BOUNDARY):

@@ -98,20 +98,19 @@ class _Kernel:
     through torch's fused Adam (resnet50's 45 large params: ~0.5 ms a step).
     """
 
-    def __init__(self, fn: Callable[..., None], options: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, fn: Callable[..., None]) -> None:
         self.fn = fn
-        self.options = options
         self.direct: dict[tuple, tuple[Callable[..., Any], list]] = {}
         self._call: Optional[tuple] = None
         self._captured: Optional[tuple[Callable[..., Any], list]] = None
         self.dynamo_calls = 0  # calls through torch.compile's wrapper
         # Without the private APIs: torch.compile's public wrapper on every call.
-        self.compiled = (torch.compile(fn, fullgraph=True, dynamic=True, backend=self._capture) if _private.enabled()
-                         else self._public_compile())
+        self.compiled = torch.compile(fn, fullgraph=True, dynamic=True,
+                                      backend=self._capture if _private.enabled() else BACKEND)
 
     def _capture(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable[..., Any]:
         if BACKEND == "inductor":
-            compiled, bare = _private.inductor_with_call(gm, example_inputs, self.options)
+            compiled, bare = _private.inductor_with_call(gm, example_inputs)
         else:
             backend = torch._dynamo.lookup_backend(BACKEND) if isinstance(BACKEND, str) else BACKEND
             compiled, bare = backend(gm, example_inputs), None
@@ -125,11 +124,7 @@ class _Kernel:
     def _public(self, exc: BaseException) -> None:
         """Go through the public wrapper from now on: a private API failed while compiling."""
         _private.report("calling Inductor's compiled kernel directly", exc)
-        self.compiled = self._public_compile()
-
-    def _public_compile(self) -> Callable[..., Any]:
-        options = {"options": self.options} if self.options and BACKEND == "inductor" else {}
-        return torch.compile(self.fn, fullgraph=True, dynamic=True, backend=BACKEND, **options)
+        self.compiled = torch.compile(self.fn, fullgraph=True, dynamic=True, backend=BACKEND)
 
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], scalars: dict[str, Tensor],
                  grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
@@ -213,7 +208,7 @@ def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtyp
         name = f"{rule.__name__}_fused_{len(_KERNELS)}"
         code = _template.__code__.replace(co_name=name, co_qualname=name)
         scope = {"__builtins__": builtins, "_apply": _apply, "RULE": rule, "STATICS": dict(statics)}
-        found = _Kernel(types.FunctionType(code, scope, name), _precision.compile_options(statics))
+        found = _Kernel(types.FunctionType(code, scope, name))
         _KERNELS[key] = found
     return found
 

@@ -90,14 +90,12 @@ def report(what: str, exc: BaseException) -> None:
         log.warning("torch_gd: %s failed (%s: %s); using the public path instead", what, type(exc).__name__, exc)
 
 
-def inductor_with_call(gm: torch.fx.GraphModule, example_inputs: list,
-                       options: Optional[dict[str, Any]] = None) -> tuple[Callable[..., Any], Optional[Callable[[list], Any]]]:
+def inductor_with_call(gm: torch.fx.GraphModule, example_inputs: list) -> tuple[Callable[..., Any], Optional[Callable[[list], Any]]]:
     """Inductor's compiled function for ``gm``, and the generated module's own ``call`` when it
     can stand in for it: the graph AOT autograd hands Inductor takes dynamo's inputs in dynamo's
     order and returns nothing (every update is an in-place write inside the kernel), so the
     wrappers around it have nothing to do but bump the version counters of the tensors written.
 
-    ``options``: Inductor settings for this graph, as ``torch.compile(options=...)`` takes them.
     Raises ``PrivateAPIError`` where ``compile_fx`` or its hook do not work as expected."""
     try:
         from torch._inductor.compile_fx import compile_fx, compile_fx_inner
@@ -116,7 +114,7 @@ def inductor_with_call(gm: torch.fx.GraphModule, example_inputs: list,
         # On an AOT-autograd cache hit the hook is skipped; Inductor's FX graph cache still serves
         # the kernel.
         with functorch_config.patch(enable_autograd_cache=False):
-            compiled = compile_fx(gm, example_inputs, inner_compile=capture_inner, config_patches=options)
+            compiled = compile_fx(gm, example_inputs, inner_compile=capture_inner)
     except TypeError as exc:  # the hook's signature changed
         raise PrivateAPIError(f"compile_fx(inner_compile=...): {exc}") from exc
     if len(inner) != 1:
