@@ -127,9 +127,13 @@ def run(rule: Callable[..., None], p: Tensor, g: Tensor, states: dict[str, Tenso
     else:
         w = p.float() if low else p
     work = {k: t.float() if t.dtype in LOW else t for k, t in own.items()}
-    olds = {}
-    if found_inf is not None:  # working tensors that are the stored ones are updated in place
-        olds = {id(t): t.clone() for t in (w, *work.values()) if any(t is s for s in (p, master, *own.values()))}
+    # Stored tensors the rule updates in place (it works on them directly), with their old values.
+    # Matched by identity, never by ``id()``: dynamo would guard on the ids and recompile each call.
+    saved = []
+    if found_inf is not None:
+        for t in (p, master, *own.values()):
+            if t is not None and (t is w or any(t is v for v in work.values())):
+                saved.append((t, t.clone()))
     g32 = g.float() if g.dtype in LOW else g
     kw.pop("scratch", None)
     rule(w, g32, **work, **kw, scratch=g32 if g32 is not g else None)
@@ -150,7 +154,7 @@ def run(rule: Callable[..., None], p: Tensor, g: Tensor, states: dict[str, Tenso
         writes.append((t, new))
     for t, new in writes:
         if found_inf is not None:
-            new = torch.where(found_inf > 0, olds.get(id(t), t), new)
+            new = torch.where(found_inf > 0, next((old for s, old in saved if s is t), t), new)
         if new is not t:
             t.copy_(new)
 
