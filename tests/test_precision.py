@@ -545,3 +545,144 @@ def test_training_in_bf16_without_stalling(path):
     assert _regression("kahan", torch.bfloat16, path=path) <= 1.25 * master
     sr = _regression("stochastic_rounding", path=path)
     assert sr <= 3 * master and sr < plain / 20
+
+
+# ---------------------------------------------------------------- found by review
+
+
+@pytest.mark.parametrize("path", ["per-tensor", "default", "fused"])
+@pytest.mark.parametrize("update", ["fp32_master", "kahan"])
+def test_a_rule_without_state_still_gets_the_policys_buffer(path, update):
+    """SGD without momentum keeps no state of its own: the master (or compensation) is still
+    made from the param at the first step, packed or not."""
+    with pack_max_numel(BOUNDARY):
+        ours = _params(torch.bfloat16)
+        full = [torch.nn.Parameter(p.detach().float()) for p in ours]
+        opt = torch_gd.SGD(ours, lr=1e-3, param_update=update, **PATHS[path])
+        ref = torch_gd.SGD(full, lr=1e-3, **PATHS[path])
+        gen = torch.Generator().manual_seed(13)
+        for _ in range(3):
+            _grads(ours, gen)
+            for p, q in zip(ours, full):
+                q.grad = p.grad.float()
+            opt.step()
+            ref.step()
+    for p, q in zip(ours, full):
+        assert list(opt.state[p]) == [{"fp32_master": "master", "kahan": "compensation"}[update]]
+        torch.testing.assert_close(p.detach().float(), q.detach(), rtol=0, atol=2.0**-7)  # an ulp at [1, 2)
+        if update == "fp32_master":
+            assert torch.equal(opt.state[p]["master"], q.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_state_wider_than_the_param_survives_a_checkpoint(dtype, state_dtype):
+    """torch's load casts state to the param's dtype (fp16 would flush exp_avg_sq to zero): the
+    policy's state is loaded as saved, and the run continues bit for bit."""
+    ps = _params(dtype)
+    opt = torch_gd.Adam(ps, lr=1e-3, param_update="fp32_master", state_dtype=state_dtype, foreach=False)
+    gen = torch.Generator().manual_seed(14)
+    for _ in range(3):
+        for p in ps:
+            p.grad = (torch.randn(p.shape, generator=gen) * 1e-5).to(dtype)
+        opt.step()
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    other = torch_gd.Adam(qs, lr=1e-3, foreach=False)
+    other.load_state_dict(_save_load(opt.state_dict()))
+    for p, q in zip(ps, qs):
+        for k, v in opt.state[p].items():
+            assert other.state[q][k].dtype == v.dtype and torch.equal(other.state[q][k], v), k
+    for p, q in zip(ps, qs):
+        p.grad = (torch.randn(p.shape, generator=gen) * 1e-5).to(dtype)
+        q.grad = p.grad.clone()
+    opt.step()
+    other.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+
+
+def test_the_optimizer_may_be_loaded_before_the_model():
+    """The master is checked against its param at the next step, not at the load: loading the
+    optimizer first and the weights second keeps the checkpoint's master."""
+    ps, opt = _trained(CASES[2], "fp32_master", None, steps=5)
+    saved, weights = _save_load(opt.state_dict()), [p.detach().clone() for p in ps]
+    fresh = _params(torch.bfloat16, seed=99)
+    other = CASES[2].ours(fresh, param_update="fp32_master", **CASES[2].typical)
+    other.load_state_dict(saved)
+    with torch.no_grad():
+        for p, w in zip(fresh, weights):
+            p.copy_(w)
+    gen = torch.Generator().manual_seed(15)
+    _grads(ps, gen)
+    for p, q in zip(ps, fresh):
+        q.grad = p.grad.clone()
+    opt.step()
+    other.step()
+    assert all(torch.equal(p, q) for p, q in zip(ps, fresh))
+
+
+@pytest.mark.parametrize("path", ["per-tensor", "default", "fused"])
+def test_fp64_params_keep_fp64_state(path):
+    with pack_max_numel(BOUNDARY):
+        ps = _params(torch.float64) + _params(torch.float32, seed=1)
+        plain = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+        opt = torch_gd.Adam(ps, lr=1e-2, state_dtype=torch.bfloat16, param_update="kahan", **PATHS[path])
+        ref = torch_gd.Adam(plain, lr=1e-2, **PATHS[path])
+        gen = torch.Generator().manual_seed(16)
+        for _ in range(2):
+            _grads(ps, gen)
+            for p, q in zip(ps, plain):
+                q.grad = p.grad.clone()
+            opt.step()
+            ref.step()
+    for p, q in zip(ps, plain):
+        if p.dtype == torch.float64:
+            assert opt.state[p]["exp_avg"].dtype == torch.float64
+            assert torch.equal(p, q)
+        else:
+            assert opt.state[p]["exp_avg"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_adagrad_takes_the_weights_set_after_construction(path):
+    with pack_max_numel(BOUNDARY):
+        ps = _params(torch.bfloat16)
+        opt = torch_gd.Adagrad(ps, lr=1e-3, param_update="fp32_master", **PATHS[path])
+        with torch.no_grad():
+            for p in ps:
+                p.fill_(5.0)  # e.g. pretrained weights loaded into the model after the optimizer
+        _grads(ps, torch.Generator().manual_seed(17))
+        opt.step()
+    for p in ps:
+        assert bool(((p.float() - 5.0).abs() <= 0.04).all())
+        torch.testing.assert_close(opt.state[p]["master"].to(torch.bfloat16), p.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("path", ["per-tensor", "default"])
+def test_a_master_set_aside_is_not_brought_back_stale(path):
+    with pack_max_numel(BOUNDARY):
+        ps = _params(torch.bfloat16)
+        opt = torch_gd.Adam(ps, lr=1e-2, param_update="fp32_master", **PATHS[path])
+        gen = torch.Generator().manual_seed(18)
+        for policy in ["fp32_master"] * 2 + ["kahan"] * 10 + ["fp32_master"]:
+            opt.param_groups[0]["param_update"] = policy
+            before = [p.detach().clone() for p in ps]
+            _grads(ps, gen)
+            opt.step()
+    for p, b in zip(ps, before):  # the last step moved each weight by about lr, not back
+        assert bool(((p.float() - b.float()).abs() <= 0.02).all())
+        assert "compensation" not in opt.state[p]
+
+
+def test_a_policy_set_by_hand_is_checked_before_anything_moves():
+    ps = _params(torch.bfloat16)
+    opt = torch_gd.AdamW(ps, lr=1e-2)
+    _grads(ps, torch.Generator().manual_seed(19))
+    opt.step()
+    before = [p.detach().clone() for p in ps]
+    opt.param_groups[0]["param_update"] = "fp32-master"
+    with pytest.raises(ValueError, match="param_update"):
+        opt.step()
+    opt.param_groups[0]["param_update"], opt.param_groups[0]["state_dtype"] = None, torch.float16
+    with pytest.raises(ValueError, match="state_dtype"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(ps, before))

@@ -295,8 +295,9 @@ class Engine:
         # the step anew for every value. They set this; the next eager step reads the counts back.
         self._stale = False
         # Steps of eager groups with a precision policy, for rules without a step count: the
-        # counter stochastic rounding's random bits are drawn at.
-        self._rounds = 0
+        # counter stochastic rounding's random bits are drawn at. A tensor, so that a compiled
+        # step (torch.compile around ``step()``) reads it rather than guarding on its value.
+        self._rounds = torch.zeros((), dtype=torch.int64)
         self._program: Optional[Program] = None
         # Steps run by the recorded program, by the checked path, and group steps whose fused
         # kernels ran from prepared calls (``describe``).
@@ -385,6 +386,13 @@ class Engine:
         if plan is not None and (plan.keys, plan.on_device, plan.counted, plan.policy) == (keys, on_device, counted, identity):
             return plan
         layout = functools.partial(_precision.state_dtypes, keys, policy)
+        if plan is not None and plan.policy != identity:
+            # A policy changed by hand: a buffer it no longer keeps would be stale if it came back.
+            for p in group["params"]:
+                st = state.get(p, _EMPTY)
+                for k in _precision.BUFFERS:
+                    if k in st and k not in layout(p.dtype):
+                        del st[k]
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         distinct = _distinct(group["params"])
         direct = bool(group.get("fused")) and _private.enabled()
@@ -409,19 +417,13 @@ class Engine:
         return plan
 
     def packed_state(self, gi: int, group: dict, keys: tuple[str, ...], on_device: bool,
-                     state: dict, policy: dict[str, Any]) -> dict[int, tuple[Tensor, dict[str, Tensor]]]:
-        """Plan group ``gi`` now and give, by ``id(param)``, the ``step`` and the state tensors
-        (the rule's and the precision policy's) of each packed param, views of the flat
-        buffers, for optimizers that create state at construction (Adagrad). The policy's are
-        filled here (``_precision.init``), the rule's left to the caller."""
+                     state: dict, policy: dict[str, Any]) -> dict[int, tuple[Tensor, Tensor]]:
+        """Plan group ``gi`` now and give, by ``id(param)``, the ``step`` and the state tensor of
+        each packed param (rules with ``step`` and one state key), views of the flat buffers, for
+        optimizers that create state at construction (Adagrad). A precision policy's buffer is
+        made at the first step, from the param as it is then (``_split`` re-packs for it)."""
         plan = self._plan(gi, group, keys, on_device, state, policy)
-        out = {}
-        for b in plan.buckets:
-            for i, p in enumerate(b.params):
-                for k, view in b.views[i].items():
-                    _precision.init(k, real_view(view), real_view(p.detach()))
-                out[id(p)] = (b.step_views[i], b.views[i])
-        return out
+        return {id(p): (b.step_views[i], b.views[i][keys[0]]) for b in plan.buckets for i, p in enumerate(b.params)}
 
     def _pack(self, params: list[Tensor], layout: dict[str, torch.dtype], on_device: bool, counted: bool,
               state: dict) -> _Bucket:
@@ -562,7 +564,7 @@ class Engine:
     def execute(self, work: _Work, state: dict) -> None:
         if work.precise and work.fused is None and not self.spec.uses_step:
             # Stochastic rounding's step for rules without one (the fused kernels count on the device).
-            work.kw["noise_count"] = self._rounds = self._rounds + 1
+            work.kw["noise_count"] = self._rounds.add_(1)
         for b, items in work.packed.items():
             if work.whole:
                 self._run_whole(b, items, work)
@@ -739,8 +741,6 @@ class Engine:
         re-packs before anything is updated.
         """
         uses_step = self.spec.uses_step
-        stateful = bool(keys) or uses_step
-        probe = keys[0] if keys else "step"
         packed: dict[_Bucket, list] = defaultdict(list)
         loose = []
         where, lookup = plan.where, state.get
@@ -760,14 +760,18 @@ class Engine:
                 _checks.grad_like_param(p, g)
                 return None  # the param changed dtype or shape: re-pack
             fresh = False
-            if stateful:
+            # The bucket's keys: the rule's, then the precision policy's buffer, if any.
+            bkeys = b.keys
+            if bkeys or uses_step:
                 st = lookup(p, _EMPTY)
-                current = st.get(probe)
+                current = st.get(bkeys[0] if bkeys else "step")
                 if current is None:
                     fresh = True
                 elif current is not b.probes[i] or (uses_step and st.get("step") is not b.step_views[i]):
                     self.counts.pop(id(p), None)  # a replaced ``step`` is read again
                     return None
+                elif bkeys[-1] in _precision.BUFFERS and st.get(bkeys[-1]) is not b.views[i][bkeys[-1]]:
+                    return None  # state made before the policy was set (Adagrad's): re-pack
             packed[b].append((i, p, g, fresh))
         return packed, loose
 

@@ -33,6 +33,7 @@ PARAM_UPDATES = (None, "fp32_master", "kahan", "stochastic_rounding")
 STATE_DTYPES = (None, torch.bfloat16, torch.float32)
 # The state keys the policies add, beside the rule's own.
 MASTER, COMPENSATION = "master", "compensation"
+BUFFERS = (MASTER, COMPENSATION)
 # What a group's rule keywords carry for ``run`` once a policy is set (``rule_kw``).
 KEYS = ("param_update", "state_dtype", "noise_seed")
 _M32 = 0xFFFFFFFF
@@ -54,7 +55,8 @@ def rule_kw(group: dict, seed: int) -> dict[str, Any]:
 def state_dtypes(keys: tuple[str, ...], kw: dict[str, Any], dtype: torch.dtype) -> dict[str, torch.dtype]:
     """Each state tensor a param of ``dtype`` keeps, with its dtype: the rule's ``keys`` and,
     for bf16/fp16 params, the policy's own buffer."""
-    state_dtype = kw.get("state_dtype") if dtype.is_floating_point else None
+    # fp64 params keep fp64 state: the update runs in fp32 at most.
+    state_dtype = kw.get("state_dtype") if dtype in (torch.float32, *LOW) else None
     out = {k: state_dtype or dtype for k in keys}
     update = kw.get("param_update")
     if dtype in LOW and update == "fp32_master":
@@ -76,18 +78,31 @@ def init(key: str, t: Tensor, p: Tensor) -> bool:
     return True
 
 
-def restore(st: dict, p: Tensor, dtypes: dict[str, torch.dtype], saved_master: Optional[Tensor]) -> None:
+def restore(st: dict, p: Tensor, dtypes: dict[str, torch.dtype], saved: dict[str, Any]) -> None:
     """A loaded param state ``st`` (cast by torch to the param's dtype) put back in the dtypes
-    the policy keeps (``dtypes``): the master from ``saved_master`` (the checkpoint's tensor,
-    before torch's cast) where it is fp32 and rounds to the param, else from the param."""
+    the policy keeps (``dtypes``), from ``saved`` (the checkpoint's tensors, before torch's cast)
+    where it has them: an fp32 master of the param's shape as saved (``check_masters`` rebuilds
+    it at the next step if the param is not its rounding), anything else the param's dtype
+    cannot hold exactly (fp32 moments of a bf16 param) from the saved tensor."""
     for k, dtype in dtypes.items():
-        t = st.get(k)
+        t, before = st.get(k), saved.get(k)
         if k == MASTER:
-            ok = (saved_master is not None and saved_master.dtype == torch.float32
-                  and saved_master.shape == p.shape and torch.equal(saved_master.to(p.device, p.dtype), p.detach()))
-            st[k] = _like(p, saved_master if ok else p.detach())
+            ok = isinstance(before, Tensor) and before.dtype == torch.float32 and before.shape == p.shape
+            st[k] = _like(p, before if ok else p.detach())
         elif t is not None and t.dtype != dtype:
-            st[k] = t.to(dtype)
+            source = before if isinstance(before, Tensor) and before.shape == t.shape else t
+            st[k] = source.to(t.device, dtype, copy=True)  # not the checkpoint's own tensor
+
+
+def check_masters(groups: list[dict], state: dict) -> None:
+    """Rebuild from its param every fp32 master the param is not the rounding of (a checkpoint
+    loaded before the model's weights are, a master saved by torch.optim in bf16): one pass and
+    one host read per param, once after a load."""
+    for group in groups:
+        for p in group["params"]:
+            master = state.get(p, {}).get(MASTER)
+            if master is not None and not torch.equal(master.to(p.dtype), p.detach()):
+                master.copy_(p.detach())
 
 
 def _like(p: Tensor, values: Tensor) -> Tensor:
@@ -116,7 +131,7 @@ def run(rule: Callable[..., None], p: Tensor, g: Tensor, states: dict[str, Tenso
     if count is None:
         count = kw.get("step", 0)
     master, comp = states.get(MASTER), states.get(COMPENSATION)
-    own = {k: t for k, t in states.items() if k not in (MASTER, COMPENSATION)}
+    own = {k: t for k, t in states.items() if k not in BUFFERS}
     low = p.dtype in LOW
     if master is not None:
         # Compiled, a new value: Inductor makes a second pass over the master to round it into

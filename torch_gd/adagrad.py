@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _checks
 from ._engine import Spec, scalar_dtype
-from ._precision import state_dtypes
+from ._precision import BUFFERS, state_dtypes
 from ._ops import Scalar, add_ratio_, addcmul_, enabled, l2_gradient, real_view, sqrt, sub_scaled_
 from .optimizer import Optimizer
 
@@ -123,8 +123,7 @@ class Adagrad(Optimizer):
         for p in group["params"]:
             state = self.state[p]
             if id(p) in packed:
-                state["step"], views = packed[id(p)]
-                state.update(views)
+                state["step"], state["sum"] = packed[id(p)]
             else:
                 state["step"] = torch.zeros((), dtype=scalar_dtype(), device=p.device if on_device else "cpu")
                 dtype = state_dtypes(("sum",), kw, p.dtype)["sum"]
@@ -133,10 +132,13 @@ class Adagrad(Optimizer):
             self._engine.counts[id(p)] = 0  # known: no need to read the (device) step back
 
     def share_memory(self) -> None:
-        """Calls ``tensor.share_memory_()`` on the state sum tensors (as torch's Adagrad)."""
+        """Calls ``tensor.share_memory_()`` on the state sum tensors (as torch's Adagrad), and on
+        a precision policy's buffers."""
         for group in self.param_groups:
             for p in group["params"]:
-                self.state[p]["sum"].share_memory_()
+                for k, t in self.state[p].items():
+                    if k == "sum" or k in BUFFERS:
+                        t.share_memory_()
 
     def _check_group(self, group: dict[str, Any]) -> None:
         _checks.torch_nonnegative(group, {

@@ -62,6 +62,8 @@ class Optimizer(torch.optim.Optimizer):
     check_finite: bool = False
     # The factor of the last ``clip_grad_norm``, until the step that applies it or ``zero_grad``.
     _clip: Optional[PendingClip] = None
+    # Whether a loaded checkpoint's fp32 masters are still to be checked against their params.
+    _check_masters: bool = False
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, check_finite: bool = False,
                  param_update: Optional[str] = None, state_dtype: Optional[torch.dtype] = None,
@@ -107,8 +109,12 @@ class Optimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _rule_kw(self, group: dict[str, Any]) -> dict[str, Any]:
-        """``_hyper`` and the group's precision policy, as the engine hands them to the rule."""
-        return {**self._hyper(group), **_precision.rule_kw(group, self._noise_seed)}
+        """``_hyper`` and the group's precision policy, as the engine hands them to the rule
+        (a policy set by hand in a group is checked as the constructor checks it)."""
+        policy = _precision.rule_kw(group, self._noise_seed)
+        if policy:
+            _checks.precision_policy(group)
+        return {**self._hyper(group), **policy}
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:
         """torch's message when a sparse grad reaches this group and cannot be used, else None."""
@@ -235,21 +241,23 @@ class Optimizer(torch.optim.Optimizer):
         torch takes the checkpoint's group settings and casts every state tensor but ``step`` to
         its param's dtype. Here, after that: a group whose checkpoint has no policy settings (one
         saved by torch.optim) keeps this optimizer's; state tensors go back to the policy's
-        ``state_dtype``; an fp32 master is kept in fp32 as saved, and rebuilt from the param
-        where it is missing, not fp32, or not what the param is the rounding of (saved by
-        torch.optim, which casts it to the param's dtype: what it held beyond that is lost).
+        ``state_dtype``, as saved; an fp32 master is kept in fp32 as saved, and rebuilt from the
+        param where it is missing or not fp32, or, at the next step (when the model's weights
+        have been loaded too, in either order), where the param is not its rounding (a master
+        saved by torch.optim, which casts it to the param's dtype: what it held beyond that is
+        lost).
         """
         policies = [{k: g[k] for k in _POLICY_DEFAULTS} for g in self.param_groups]
         saved_groups = state_dict["param_groups"]
         saved_ids = [i for g in saved_groups for i in g["params"]]
-        masters = {i: st.get(_precision.MASTER) for i, st in state_dict["state"].items() if isinstance(st, dict)}
+        before = {i: dict(st) for i, st in state_dict["state"].items() if isinstance(st, dict)}
         super().load_state_dict(state_dict)
         by_saved_id = dict(zip(saved_ids, (p for g in self.param_groups for p in g["params"])))
         for group, saved, policy in zip(self.param_groups, saved_groups, policies):
             for key, value in policy.items():
                 if key not in saved:
                     group[key] = value
-        master_of = {id(by_saved_id[i]): m for i, m in masters.items() if i in by_saved_id}
+        saved_of = {id(by_saved_id[i]): st for i, st in before.items() if i in by_saved_id}
         for group in self.param_groups:
             if not _precision.active(group):
                 continue
@@ -258,7 +266,8 @@ class Optimizer(torch.optim.Optimizer):
                 st = self.state.get(p)
                 if st:
                     _precision.restore(st, p, _precision.state_dtypes(self._state_keys(group), kw, p.dtype),
-                                       master_of.get(id(p)))
+                                       saved_of.get(id(p), {}))
+        self._check_masters = True
         self._engine.invalidate()
 
     def _steps_as_tensors(self) -> None:
@@ -284,6 +293,9 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._check_masters and not torch.compiler.is_compiling():
+            _precision.check_masters(self.param_groups, self.state)
+            self._check_masters = False
         amp = (getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         clip = self._clip
         if clip is not None and not clip.of(self._all_grads()):
