@@ -520,8 +520,12 @@ class Engine:
         whole = split is not None
         if split is None:
             split = self._split(plan, params, grads, keys, state)
-        if split is None:
-            # The packed layout no longer matches the state or the params: re-pack first.
+        for _ in range(2):
+            if split is not None:
+                break
+            # The packed layout no longer matches the state or the params: re-pack first. A
+            # second time where the first re-pack fixed one cause and the split found another
+            # (a policy's missing buffer, then a sparse grad).
             self._plans.pop(gi, None)
             plan = self._plan(gi, group, keys, on_device, state, hyper)
             split = self._split(plan, params, grads, keys, state)
