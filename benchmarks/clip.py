@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -27,7 +26,7 @@ import torch
 import torch_gd
 from torch_gd._clip import total_norm
 from torch_gd.benchmark import sets
-from torch_gd.benchmark.timing import TIMERS, timer_for
+from torch_gd.benchmark.timing import TIMERS, interleaved_medians, timer_for
 
 RESULTS = Path(__file__).parent / "results"
 MAX_NORM = 1.0
@@ -60,14 +59,7 @@ def contenders(name: str, tensors: list[torch.Tensor]) -> dict[str, Callable[[],
 
 def measure(set_name: str, name: str, rounds: int, steps: int, timer_kind: str) -> dict[str, Any]:
     fns = contenders(name, sets.build(set_name))
-    timer = timer_for("cpu", timer_kind)
-    for fn in fns.values():  # compile, allocate state, fault pages in
-        fn(), fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            times[key].append(min(timer.seconds(fn) for _ in range(steps)))
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = interleaved_medians(fns, rounds, steps, timer_for("cpu", timer_kind))
     torch_best = min((k for k in median if k.startswith("torch clip")), key=median.get)
     best_step = min(median["torch fused step alone"], median["torch foreach step alone"])
     floor = min(median["norm alone (get_total_norm)"], median["norm alone (torch_gd)"]) + best_step

@@ -22,7 +22,6 @@ import json
 import os
 import resource
 import shlex
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 import torch_gd
 from torch_gd.benchmark import sets
-from torch_gd.benchmark.timing import TIMERS, timer_for
+from torch_gd.benchmark.timing import TIMERS, interleaved_medians, timer_for
 
 RESULTS = Path(__file__).parent / "results"
 KW = dict(lr=1e-3, weight_decay=0.01)
@@ -133,14 +132,7 @@ def speed(set_name: str, rounds: int, steps: int, timer_kind: str) -> dict[str, 
     ]:
         fns[label] = make(sets.parameters(tensors, "cpu", dtype)).step
         traffic[label] = _traffic(dtype, "kahan" in label) + (8 if "fp32_master" in label else 0)
-    timer = timer_for("cpu", timer_kind)
-    for fn in fns.values():
-        fn(), fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            times[key].append(min(timer.seconds(fn) for _ in range(steps)))
-    median = {k: statistics.median(v) for k, v in times.items()}
+    median = interleaved_medians(fns, rounds, steps, timer_for("cpu", timer_kind))
     base = median["torch fused, fp32 model"]
     return {
         "set": set_name, "numel": numel,

@@ -47,6 +47,17 @@ def _grads(params, gen, dtype=None):
         p.grad = torch.randn(p.shape, generator=gen).to(dtype or p.dtype)
 
 
+def _step_together(opt, ref, ours, theirs, gen, steps):
+    """``steps`` steps of ``opt`` on ``ours`` and ``ref`` on ``theirs``, with the same grads
+    (drawn for ``ours``, cast to each of ``theirs``' dtype)."""
+    for _ in range(steps):
+        _grads(ours, gen)
+        for p, q in zip(ours, theirs):
+            q.grad = p.grad.to(q.dtype, copy=True)
+        opt.step()
+        ref.step()
+
+
 # ---------------------------------------------------------------- the rounding itself
 
 
@@ -146,12 +157,7 @@ def test_fp32_master_runs_the_fp32_update(case, path):
         opt = case.ours(ours, param_update="fp32_master", state_dtype=torch.float32, **kw)
         ref = case.ours(full, **kw)
         gen = torch.Generator().manual_seed(1)
-        for _ in range(4):
-            _grads(ours, gen)
-            for p, q in zip(ours, full):
-                q.grad = p.grad.float()
-            opt.step()
-            ref.step()
+        _step_together(opt, ref, ours, full, gen, 4)
     for p, q in zip(ours, full):
         master = opt.state[p]["master"]
         assert master.dtype == torch.float32
@@ -171,12 +177,7 @@ def test_fp32_master_tracks_torch_optim(case):
         opt = case.ours(ours, param_update="fp32_master", state_dtype=torch.float32, foreach=False, **case.typical)
         ref = case.theirs(theirs, foreach=False, **case.typical)
         gen = torch.Generator().manual_seed(2)
-        for _ in range(4):
-            _grads(ours, gen)
-            for p, q in zip(ours, theirs):
-                q.grad = p.grad.float()
-            opt.step()
-            ref.step()
+        _step_together(opt, ref, ours, theirs, gen, 4)
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(opt.state[p]["master"], q.detach(), **tol(torch.float32))
         for k, v in ref.state[q].items():
@@ -220,12 +221,7 @@ def test_a_policy_leaves_fp32_params_as_they_are(case, path, update):
         opt = case.ours(ours, param_update=update, **kw)
         ref = case.ours(plain, **kw)
         gen = torch.Generator().manual_seed(4)
-        for _ in range(3):
-            _grads(ours, gen)
-            for p, q in zip(ours, plain):
-                q.grad = p.grad.clone()
-            opt.step()
-            ref.step()
+        _step_together(opt, ref, ours, plain, gen, 3)
     for p, q in zip(ours, plain):
         assert torch.equal(p, q)
         assert sorted(opt.state[p]) == sorted(ref.state[q])
@@ -240,12 +236,7 @@ def test_bf16_state_on_an_fp32_model(case, path):
         opt = case.ours(ours, state_dtype=torch.bfloat16, **kw)
         ref = case.ours(full, **kw)
         gen = torch.Generator().manual_seed(5)
-        for _ in range(3):
-            _grads(ours, gen)
-            for p, q in zip(ours, full):
-                q.grad = p.grad.clone()
-            opt.step()
-            ref.step()
+        _step_together(opt, ref, ours, full, gen, 3)
     # Stochastic rounding lands on either neighbour: up to one ulp off per rounding, against
     # half an ulp to nearest; two ulps at the operands' scale covers three steps.
     for p, q in zip(ours, full):
@@ -566,12 +557,7 @@ def test_a_rule_without_state_still_gets_the_policys_buffer(path, update):
         opt = torch_gd.SGD(ours, lr=1e-3, param_update=update, **PATHS[path])
         ref = torch_gd.SGD(full, lr=1e-3, **PATHS[path])
         gen = torch.Generator().manual_seed(13)
-        for _ in range(3):
-            _grads(ours, gen)
-            for p, q in zip(ours, full):
-                q.grad = p.grad.float()
-            opt.step()
-            ref.step()
+        _step_together(opt, ref, ours, full, gen, 3)
     for p, q in zip(ours, full):
         assert list(opt.state[p]) == [{"fp32_master": "master", "kahan": "compensation"}[update]]
         torch.testing.assert_close(p.detach().float(), q.detach(), rtol=0, atol=2.0**-7)  # an ulp at [1, 2)
@@ -633,12 +619,7 @@ def test_fp64_params_keep_fp64_state(path):
         opt = torch_gd.Adam(ps, lr=1e-2, state_dtype=torch.bfloat16, param_update="kahan", **PATHS[path])
         ref = torch_gd.Adam(plain, lr=1e-2, **PATHS[path])
         gen = torch.Generator().manual_seed(16)
-        for _ in range(2):
-            _grads(ps, gen)
-            for p, q in zip(ps, plain):
-                q.grad = p.grad.clone()
-            opt.step()
-            ref.step()
+        _step_together(opt, ref, ps, plain, gen, 2)
     for p, q in zip(ps, plain):
         if p.dtype == torch.float64:
             assert opt.state[p]["exp_avg"].dtype == torch.float64

@@ -112,8 +112,9 @@ class Optimizer(torch.optim.Optimizer):
         """``_hyper`` and the group's precision policy, as the engine hands them to the rule
         (a policy set by hand in a group is checked as the constructor checks it)."""
         policy = _precision.rule_kw(group, self._noise_seed)
-        if policy:
-            _checks.precision_policy(group)
+        if not policy:
+            return self._hyper(group)
+        _checks.precision_policy(group)
         return {**self._hyper(group), **policy}
 
     def _sparse_error(self, group: dict[str, Any]) -> Optional[str]:

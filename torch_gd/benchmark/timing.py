@@ -3,6 +3,7 @@ are the same on the CPU and on CUDA."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable, Protocol
 
@@ -67,3 +68,17 @@ def timer_for(device: str, kind: str = "wall") -> Timer:
     if torch.device(device).type == "cuda":
         return EventTimer()
     return CpuTimer() if kind == "cpu" else WallTimer()
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int, steps: int, timer: Timer) -> dict[str, float]:
+    """Each function's median time in seconds over ``rounds`` rounds, the functions taking turns
+    within each round (so that drift on a shared machine hits them alike), each round's time
+    the fastest of ``steps`` calls. Every function is called twice first: compiling,
+    allocating state and faulting pages in are not timed."""
+    for fn in fns.values():
+        fn(), fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            times[key].append(min(timer.seconds(fn) for _ in range(steps)))
+    return {k: statistics.median(v) for k, v in times.items()}
