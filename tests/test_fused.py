@@ -443,3 +443,31 @@ def test_without_numpy(name, monkeypatch):
         assert_params_close(ours, theirs, **tol(torch.float32))
     # Prepared calls (whose numbers NumPy would write) exist where the private fast paths are on.
     assert (opt.describe()["steps"]["prepared"] > 0) == _private.enabled()
+
+
+def test_kernel_calls_run_the_update_kernels_alone():
+    """``kernel_calls()`` calls the last steady step's update kernels once more and nothing
+    else: a large param (updated in place) moves by another −lr·g, a packed one (whose kernel
+    updates the bucket's buffer, copied back by the step) stays, and no step is counted."""
+    params = [torch.nn.Parameter(torch.randn(10)) for _ in range(_engine.FUSED_PACK_MIN_PARAMS + 4)]
+    large = torch.nn.Parameter(torch.randn(_engine.PACK_MAX_NUMEL + 3))
+    opt = torch_gd.Adam([*params, large], lr=0.1, fused=True)
+    with pytest.raises(RuntimeError, match="kernel_calls"):
+        opt.kernel_calls()
+    for _ in range(3):
+        for p in (*params, large):
+            p.grad = torch.ones_like(p)
+        opt.step()
+    if not _private.enabled():  # no prepared calls without the private fast paths
+        with pytest.raises(RuntimeError, match="kernel_calls"):
+            opt.kernel_calls()
+        return
+    before = [p.detach().clone() for p in (*params, large)]
+    state_before = copy.deepcopy(opt.state_dict()["state"])
+    opt.kernel_calls()()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    # Adam at step 3 with constant grads: m and v took the step's values again, so the update
+    # is the step's own size, lr·m̂/(√v̂ + ε) (the same for every element).
+    moved = before[-1] - large.detach()
+    assert moved.min() > 0.09 and torch.allclose(moved, moved[0].expand_as(moved))
+    assert opt.state_dict()["state"][len(params)]["step"] == state_before[len(params)]["step"]

@@ -321,6 +321,27 @@ class Engine:
         return {"private_apis": _private.enabled(), "groups": groups, "kernels": list(kernels.values()),
                 "steps": dict(self.counts_of)}
 
+    def kernel_calls(self) -> Callable[[], None]:
+        """The recorded steady step's compiled update kernels alone (``Optimizer.kernel_calls``)."""
+        program = self._program
+        if program is None or any(work.fused is None for work in program.works):
+            raise RuntimeError("kernel_calls() needs a recorded steady fused step: two steps of fused=True "
+                               "groups, every param with a grad, and nothing changed in between")
+        calls = []
+        for work in program.works:
+            plan = work.plan
+            launches = [(b.launch, [None] * len(b.launch.calls) if b.launch else []) for b in plan.buckets]
+            if work.loose:
+                launches.append((plan.launch, work.direct_grads if work.direct else []))
+            if not all(launch for launch, _ in launches):
+                raise RuntimeError("kernel_calls(): a group's kernel calls were not prepared at the last step")
+            calls += [functools.partial(launch.run, i, g) for launch, grads in launches for i, g in enumerate(grads)]
+
+        def run() -> None:
+            for call in calls:
+                call()
+        return run
+
     def invalidate(self) -> None:
         """Forget every plan: state is re-read and re-packed at the next step."""
         self._plans.clear()

@@ -159,6 +159,17 @@ class Optimizer(torch.optim.Optimizer):
         """
         return self._engine.describe()
 
+    def kernel_calls(self) -> Callable[[], None]:
+        """The last steady step's compiled update kernels alone, as one callable that calls each
+        again, on the tensors it last read, with nothing around it: no checks, gathers, copies
+        back, step counters or new numbers (not part of torch's API). Each call updates its
+        params and state once more. For measuring what a step spends around its kernels
+        (``benchmarks/host_time.py``: step time minus this callable's). Needs two steps of
+        fused groups in a row with every param's grad set (``describe()["steps"]["replayed"]``
+        counts the steps that found the recorded one still valid); raises ``RuntimeError``
+        otherwise."""
+        return self._engine.kernel_calls()
+
     @torch.no_grad()
     def clip_grad_norm(self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
                        skip_nonfinite: bool = False) -> Tensor:
