@@ -41,6 +41,10 @@ for impl, lib in (("torch_gd fused", torch_gd), ("torch fused", torch.optim)):
         t = time.perf_counter()
         opt.step()
         out[f"{impl} {name} first step"] = time.perf_counter() - t
+        if lib is torch_gd:
+            kernels = opt.describe()["kernels"]
+            out[f"torch_gd {name} kernels loaded, compiled"] = [sum(k["loaded"] for k in kernels),
+                                                                 sum(k["dynamo_calls"] for k in kernels)]
 print(json.dumps(out))
 """
 IMPORT = "import time, torch\nt = time.perf_counter()\nimport {module}\nprint(time.perf_counter() - t)\n"
@@ -49,6 +53,7 @@ COMPILER_MODULES = ("torch._dynamo", "torch._inductor.compile_fx")
 
 def _child(code: str, cache: str) -> str:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    env.pop("TORCH_GD_CACHE_DIR", None)  # the kernel store then lives in that cache too
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return run.stdout.strip().splitlines()[-1]
 
@@ -61,7 +66,8 @@ def _first_steps(cache: str) -> dict[str, float]:
 
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
+    return {k: round(statistics.median(r[k] for r in runs), 4) if isinstance(runs[0][k], float) else runs[0][k]
+            for k in runs[0]}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     for section in ("warm cache, s", "cold cache, s", "import after torch, s"):
         print(section)
         for k, v in result[section].items():
-            print(f"  {k:45s} {v:8.3f}")
+            print(f"  {k:45s} {v:8.3f}" if isinstance(v, float) else f"  {k:45s} {v}")
     print(f"wrote {args.json}")
     return result
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-from . import _precision, _private
+from . import _kernel_store, _precision, _private
 
 _KERNELS: dict[tuple, "_Kernel"] = {}
 _WARM: set[tuple] = set()
@@ -98,15 +98,27 @@ class _Kernel:
     through torch's fused Adam (resnet50's 45 large params: ~0.5 ms a step).
     """
 
-    def __init__(self, fn: Callable[..., None]) -> None:
+    def __init__(self, fn: Callable[..., None], stored: Optional[dict[str, str]] = None) -> None:
         self.fn = fn
         self.direct: dict[tuple, tuple[Callable[..., Any], list]] = {}
         self._call: Optional[tuple] = None
         self._captured: Optional[tuple[Callable[..., Any], list]] = None
         self.dynamo_calls = 0  # calls through torch.compile's wrapper
-        # Without the private APIs: torch.compile's public wrapper on every call.
-        self.compiled = torch.compile(fn, fullgraph=True, dynamic=True,
-                                      backend=self._capture if _private.enabled() else BACKEND)
+        # What identifies the kernel in the on-disk store (``_kernel_store``), where it may be kept.
+        self.stored = stored
+        self.loaded = 0  # call signatures loaded from the store
+        self._store_key: Optional[dict[str, str]] = None
+        # Made at the first compile: ``torch.compile`` imports dynamo (~1 s), which a kernel
+        # loaded from the store never needs.
+        self._compiled: Optional[Callable[..., None]] = None
+
+    @property
+    def compiled(self) -> Callable[..., None]:
+        if self._compiled is None:
+            # Without the private APIs: torch.compile's public wrapper on every call.
+            self._compiled = torch.compile(self.fn, fullgraph=True, dynamic=True,
+                                           backend=self._capture if _private.enabled() else BACKEND)
+        return self._compiled
 
     def _capture(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable[..., Any]:
         if BACKEND == "inductor":
@@ -119,12 +131,14 @@ class _Kernel:
             self._captured = None
         else:
             self._captured = (bare or (lambda inputs: compiled(*inputs)), slots)
+            if bare is not None and self._store_key is not None:
+                _kernel_store.save(self._store_key, bare, slots, example_inputs)
         return compiled
 
     def _public(self, exc: BaseException) -> None:
         """Go through the public wrapper from now on: a private API failed while compiling."""
         _private.report("calling Inductor's compiled kernel directly", exc)
-        self.compiled = torch.compile(self.fn, fullgraph=True, dynamic=True, backend=BACKEND)
+        self._compiled = torch.compile(self.fn, fullgraph=True, dynamic=True, backend=BACKEND)
 
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], scalars: dict[str, Tensor],
                  grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
@@ -136,6 +150,16 @@ class _Kernel:
             # As AOT's wrapper would, for the tensors the kernel wrote.
             increment_version((p, *states.values()))
             return
+        args = (p, g, states, scalars, grad_scale, found_inf)
+        self._store_key = None
+        if self.stored is not None and _kernel_store.usable(p.device) and not torch.compiler.is_compiling():
+            self._store_key = _kernel_store.key_of(self.stored, args)
+            hit = _kernel_store.load(self._store_key)
+            if hit is not None:
+                self.direct[signature] = hit
+                self.loaded += 1
+                self(*args)
+                return
         # Dynamo sees aliases without autograd history: a param's 1-D view made under no_grad
         # and traced as an in-place target is refused ("a view was created in no_grad mode").
         args = (p.detach(), g.detach(), {k: t.detach() for k, t in states.items()}, scalars, grad_scale, found_inf)
@@ -208,7 +232,9 @@ def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtyp
         name = f"{rule.__name__}_fused_{len(_KERNELS)}"
         code = _template.__code__.replace(co_name=name, co_qualname=name)
         scope = {"__builtins__": builtins, "_apply": _apply, "RULE": rule, "STATICS": dict(statics)}
-        found = _Kernel(types.FunctionType(code, scope, name))
+        stored = {"rule": f"{rule.__module__}.{rule.__qualname__}", "statics": repr(sorted(statics.items())),
+                  "dtype": str(dtype), "device": device.type} if BACKEND == "inductor" else None
+        found = _Kernel(types.FunctionType(code, scope, name), stored)
         _KERNELS[key] = found
     return found
 
@@ -218,7 +244,7 @@ def describe(k: _Kernel, rule: Callable[..., None], statics: dict[str, Any], dty
     """A kernel as ``Engine.describe`` reports it."""
     return {"rule": rule.__name__, "statics": dict(statics), "dtype": dtype, "device": device,
             "direct": [getattr(call, "__name__", type(call).__name__) for call, _ in k.direct.values()],
-            "dynamo_calls": k.dynamo_calls}
+            "dynamo_calls": k.dynamo_calls, "loaded": k.loaded}
 
 
 def storage_order(t: Tensor) -> Optional[Tensor]:
