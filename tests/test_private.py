@@ -67,7 +67,8 @@ def test_a_private_api_that_fails_gives_way_to_the_public_path(monkeypatch, capl
     def changed(gm, example_inputs):
         raise _private.PrivateAPIError("compile_fx(inner_compile=...): unexpected keyword")
 
-    # A kernel not compiled yet in this process, so that the failing hook is reached.
+    # A kernel not compiled yet in this process nor kept on disk, so that the failing hook is reached.
+    monkeypatch.setenv("TORCH_GD_CACHE_DIR", "0")
     monkeypatch.setattr(_fused, "_KERNELS", {})
     monkeypatch.setattr(_fused, "_WARM", set())
     monkeypatch.setattr(_private, "inductor_with_call", changed)

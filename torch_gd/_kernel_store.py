@@ -32,7 +32,6 @@ private fast paths on (``_private``); elsewhere kernels are compiled in every pr
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import importlib.util
 import json
@@ -68,6 +67,8 @@ def root() -> Optional[Path]:
         return Path(own)
     inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if not inductor:
+        import getpass  # only here: it imports termios, which torch does not
+
         try:
             user = getpass.getuser()
         except (KeyError, ModuleNotFoundError, OSError):

@@ -165,18 +165,27 @@ def is_fake(t: Tensor) -> bool:
 
 
 def use_grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
-    """torch's decorator for ``Optimizer.step``: grad mode as the ``differentiable`` default
-    says, with graph breaks around the step under dynamo; without it, the grad mode alone."""
+    """torch's decorator for ``Optimizer.step`` (grad mode as the ``differentiable`` default
+    says, with graph breaks around the step) where dynamo traces the step; elsewhere the grad
+    mode alone: torch's imports dynamo at the first step (~1 s) for breaks only a trace needs."""
+    @functools.wraps(step)
+    def plain(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            return step(self, *args, **kwargs)
+
     try:
         from torch.optim.optimizer import _use_grad_for_differentiable
     except ImportError:
-        @functools.wraps(step)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with torch.set_grad_enabled(self.defaults["differentiable"]):
-                return step(self, *args, **kwargs)
+        return plain
+    traced = _use_grad_for_differentiable(step)
 
-        return wrapper
-    return _use_grad_for_differentiable(step)
+    @functools.wraps(step)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _enabled and not torch.compiler.is_compiling():
+            return plain(*args, **kwargs)
+        return traced(*args, **kwargs)
+
+    return wrapper
 
 
 def traceable_step(step: Callable[..., Any]) -> Callable[..., Any]:
@@ -201,6 +210,18 @@ def traceable_step(step: Callable[..., Any]) -> Callable[..., Any]:
         return disabled[0](*args, **kwargs)
 
     return wrapper
+
+
+def add_param_group(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> None:
+    """``torch.optim.Optimizer.add_param_group``. torch wraps it so that dynamo never traces it,
+    and the wrapper imports dynamo at its first call (~1 s): every optimizer's constructor would
+    pay that, though only a trace needs it. Outside one, the function it wraps is called."""
+    method = torch.optim.Optimizer.add_param_group
+    bare = getattr(method, "__wrapped__", None)
+    if not _enabled or bare is None or torch.compiler.is_compiling():
+        method(optimizer, group)
+    else:
+        bare(optimizer, group)
 
 
 def step_traced(version: str = torch.__version__) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from . import _checks, _precision
+from . import _checks, _precision, _private
 from ._clip import PendingClip, total_norm
 from ._private import traceable_step, use_grad_for_differentiable
 from ._engine import Engine, Spec, scalar_dtype
@@ -127,7 +127,7 @@ class Optimizer(torch.optim.Optimizer):
         if isinstance(param_group, dict):
             merged = {**self.defaults, **param_group}
             self._check_group(merged)
-        super().add_param_group(param_group)
+        _private.add_param_group(self, param_group)
         if not hasattr(self, "_spans"):  # constructing, or unpickled (not part of the state)
             self._spans: dict[int, list] = {}
             for group in self.param_groups[:-1]:
