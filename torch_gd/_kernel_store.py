@@ -247,7 +247,7 @@ def load(key: dict[str, str]) -> Optional[tuple[Callable[[list], Any], list]]:
     try:
         meta = json.loads((entry / "entry.json").read_text())
         if meta["key"] != key:
-            return None
+            raise _private.PrivateAPIError("a stored kernel's key is not the one it is filed under")
         functions = [_extension(entry / f"k{i}.so", f"torch_gd_store_{entry.name}_{i}")
                      for i in range(meta["libraries"])]
         source = (entry / "wrapper.py").read_text()
