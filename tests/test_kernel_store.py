@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from torch_gd import precompile
+
 # A fused SGD-momentum run in a new process: a packed bucket and a param above the packing
 # threshold, three steps (the first sets the momentum buffers), seeded grads. Prints what the
 # kernels report, whether the compiler stack was imported and a hash of params and state.
@@ -162,3 +164,23 @@ def test_a_store_turned_off_writes_nothing(filled, inductor, tmp_path):
     off = _run(_env(own, "0"))
     assert off["loaded"] == 0 and off["compiled"] >= 1 and off["digest"] == first["digest"]
     assert not (own / "torch_gd").exists()
+
+
+def test_precompile_fills_the_store_a_new_process_loads(filled, inductor, tmp_path):
+    _, first = filled
+    env = _env(inductor, str(tmp_path / "store"))
+    filling = subprocess.run([sys.executable, "-m", "torch_gd.precompile", "SGD:momentum=0.9,weight_decay=0.01"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert filling.returncode == 0, filling.stderr
+    later = _run(env)
+    assert later["loaded"] >= 1 and later["compiled"] == 0 and later["digest"] == first["digest"]
+
+
+def test_precompile_reads_configurations_as_keyword_arguments():
+    assert precompile.parse("SGD") == ("SGD", {})
+    assert precompile.parse("RMSprop:momentum=0.9, centered=True") == ("RMSprop", {"momentum": 0.9, "centered": True})
+    with pytest.raises(ValueError, match="unknown optimizer 'Sgd'"):
+        precompile.parse("Sgd:momentum=0.9")
+    for unreadable in ("SGD:momentum=zz", "SGD:0.9", "SGD:**kw", "SGD:momentum=0.9)"):
+        with pytest.raises(ValueError, match="cannot read the arguments"):
+            precompile.parse(unreadable)
