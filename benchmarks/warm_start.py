@@ -1,10 +1,12 @@
 """What a new process pays before its first fused step, on the CPU: ``import torch_gd``, then
 the first fused AdamW and SGD-momentum steps on a small CNN (the harness's ``lenet`` set), with
-the compile cache warm (a previous process compiled the same kernels) and cold (an empty
-``TORCHINDUCTOR_CACHE_DIR``), beside torch's fused first steps in the same processes, and what
-importing torch's compiler stack costs on its own (the floor of any first step that goes through
-``torch.compile``). Each measurement is a fresh process with torch already imported; the
-median over ``--repeats`` processes is reported.
+the caches warm (a previous process compiled the same kernels: torch_gd's kernel store and
+Inductor's caches, and Inductor's alone with the store off) and cold (an empty
+``TORCHINDUCTOR_CACHE_DIR``, where the store lives too), beside torch's fused first steps in the
+same processes, and what importing parts of torch's compiler stack costs on its own (the floor
+of any first step that goes through ``torch.compile``, AOTInductor's loader, or Inductor's
+generated modules as they are). Each measurement is a fresh process with torch already
+imported; the median over ``--repeats`` processes is reported.
 
     python benchmarks/warm_start.py                 # ~2 minutes (two cold compiles)
     python benchmarks/warm_start.py --repeats 2 --cold 0 --json /tmp/warm.json
@@ -48,18 +50,23 @@ for impl, lib in (("torch_gd fused", torch_gd), ("torch fused", torch.optim)):
 print(json.dumps(out))
 """
 IMPORT = "import time, torch\nt = time.perf_counter()\nimport {module}\nprint(time.perf_counter() - t)\n"
-COMPILER_MODULES = ("torch._dynamo", "torch._inductor.compile_fx")
+# What torch.compile imports before reading any cache; what AOTInductor's loader imports; what
+# Inductor's generated modules import at their top (the kernel store binds those names instead).
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor.compile_fx", "torch._inductor.package",
+                    "torch._inductor.async_compile")
 
 
-def _child(code: str, cache: str) -> str:
+def _child(code: str, cache: str, store: bool = True) -> str:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     env.pop("TORCH_GD_CACHE_DIR", None)  # the kernel store then lives in that cache too
+    if not store:
+        env["TORCH_GD_CACHE_DIR"] = "0"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return run.stdout.strip().splitlines()[-1]
 
 
-def _first_steps(cache: str) -> dict[str, float]:
-    times = json.loads(_child(FIRST_STEPS, cache))
+def _first_steps(cache: str, store: bool = True) -> dict[str, float]:
+    times = json.loads(_child(FIRST_STEPS, cache, store))
     times["torch_gd: import + both first steps"] = (
         times["import torch_gd"] + times["torch_gd fused AdamW first step"] + times["torch_gd fused SGD-momentum first step"])
     return times
@@ -85,7 +92,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as warm:
         cold = [_first_steps(tempfile.mkdtemp(dir=warm)) for _ in range(args.cold)]
         _first_steps(warm)  # fills the cache the warm runs read
-        runs = [_first_steps(warm) for _ in range(args.repeats)]
+        runs, without = [], []
+        for _ in range(args.repeats):  # interleaved, so that the machine's drift hits both
+            runs.append(_first_steps(warm))
+            without.append(_first_steps(warm, store=False))
         imports = {m: statistics.median(float(_child(IMPORT.format(module=m), warm)) for _ in range(args.repeats))
                    for m in COMPILER_MODULES}
     result = {
@@ -93,12 +103,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                  "load_average": os.getloadavg(), "repeats": args.repeats, "cold": args.cold,
                  "command": " ".join(["python", "benchmarks/warm_start.py", *map(str, argv or sys.argv[1:])])},
         "warm cache, s": _medians(runs),
+        "warm Inductor caches, kernel store off, s": _medians(without),
         "cold cache, s": _medians(cold) if cold else {},
         "import after torch, s": {m: round(t, 4) for m, t in imports.items()},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
-    for section in ("warm cache, s", "cold cache, s", "import after torch, s"):
+    for section in ("warm cache, s", "warm Inductor caches, kernel store off, s", "cold cache, s",
+                    "import after torch, s"):
         print(section)
         for k, v in result[section].items():
             print(f"  {k:45s} {v:8.3f}" if isinstance(v, float) else f"  {k:45s} {v}")

@@ -151,8 +151,9 @@ class Optimizer(torch.optim.Optimizer):
           call each) and ``prepared`` (whether those calls are prepared for steady fused steps);
         - ``kernels``: the fused kernels the groups use: ``rule``, ``statics`` (flags compiled
           in), ``dtype``, ``device``, ``direct`` (the callables called without dynamo, one per
-          call signature) and ``dynamo_calls`` (calls through torch.compile's wrapper, in every
-          optimizer of the process);
+          call signature), ``dynamo_calls`` (calls through torch.compile's wrapper, in every
+          optimizer of the process) and ``loaded`` (call signatures loaded compiled from the
+          on-disk kernel store instead of compiled in this process);
         - ``steps``: ``replayed`` (steps that found nothing changed and reran the last plan),
           ``checked`` (steps planned anew) and ``prepared`` (group steps whose large params'
           fused kernels ran from prepared calls).
