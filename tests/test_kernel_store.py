@@ -34,7 +34,7 @@ for p in params:
 kernels = opt.describe()["kernels"]
 print(json.dumps({"loaded": sum(k["loaded"] for k in kernels), "compiled": sum(k["dynamo_calls"] for k in kernels),
                   "compiler": sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules),
-                  "digest": digest.hexdigest()}))
+                  "threads": torch.get_num_threads(), "digest": digest.hexdigest()}))
 """
 
 
@@ -184,3 +184,15 @@ def test_precompile_reads_configurations_as_keyword_arguments():
     for unreadable in ("SGD:momentum=zz", "SGD:0.9", "SGD:**kw", "SGD:momentum=0.9)"):
         with pytest.raises(ValueError, match="cannot read the arguments"):
             precompile.parse(unreadable)
+
+
+def test_a_process_with_another_thread_count_compiles_its_own(filled, inductor, tmp_path):
+    """Inductor compiles serial loops for one thread and OpenMP loops for more: a kernel stored
+    by a process with other threads is not taken."""
+    source, first = filled
+    store = tmp_path / "store"
+    shutil.copytree(source, store)
+    env = {**_env(inductor, str(store)), "OMP_NUM_THREADS": "1" if first["threads"] != 1 else "2"}
+    other = _run(env)
+    assert other["loaded"] == 0 and other["compiled"] >= 1 and other["digest"] == first["digest"]
+    assert len(_entries(store)) == 2 * len(_entries(source))

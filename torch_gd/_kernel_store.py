@@ -10,8 +10,8 @@ module's source with the few Inductor names it imports bound to stand-ins, impor
 dynamo nor Inductor (~10 ms a kernel).
 
 **Keys.** An entry is found by a hash of everything the kernel depends on: the rule, its static
-flags, dtype, the dtypes and ranks of its inputs, torch's version and commit, Python's
-version, torch_gd's own source, the CPU (its model and feature flags), the C++ compiler (path,
+flags, dtype, the dtypes and ranks of its inputs, the number of threads, torch's version and
+commit, Python's version, torch_gd's own source, the CPU (its model and feature flags), the C++ compiler (path,
 size and date) and Inductor's environment settings. The entry repeats its key in full and is
 loaded only if it matches.
 
@@ -116,7 +116,8 @@ def environment() -> dict[str, str]:
 def key_of(kernel: dict[str, str], args: tuple) -> dict[str, str]:
     """The full key of a kernel (``kernel``: rule, flags, dtype, device type) called with
     ``args`` (``_Kernel.__call__``'s: what each input is, its dtype and rank)."""
-    return {**environment(), **kernel, "inputs": repr(_describe(args))}
+    # Inductor emits serial loops for one thread and OpenMP ones for more, at compile time.
+    return {**environment(), **kernel, "inputs": repr(_describe(args)), "threads": str(torch.get_num_threads())}
 
 
 def _describe(args: tuple) -> list:

@@ -10,7 +10,8 @@ A configuration is an optimizer's name and, after a colon, keyword arguments as 
 literals; each is run for three fused steps on the CPU (the first steps have kernels of their
 own) with a small packed bucket and one param above the packing threshold. A kernel differs by
 the optimizer's flags and by which hyperparameters are zero, not by their values. Steps under a
-GradScaler or a pending clip use kernels of their own, compiled at their first use.
+GradScaler or a pending clip use kernels of their own, compiled (and stored) at their first
+use. Kernels are stored per number of threads: run it with the threads the training will use.
 """
 
 from __future__ import annotations
