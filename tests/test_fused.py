@@ -8,6 +8,9 @@ configuration per optimizer and share the process-wide kernel cache.
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -471,3 +474,27 @@ def test_kernel_calls_run_the_update_kernels_alone():
     moved = before[-1] - large.detach()
     assert moved.min() > 0.09 and torch.allclose(moved, moved[0].expand_as(moved))
     assert opt.state_dict()["state"][len(params)]["step"] == state_before[len(params)]["step"]
+
+
+def test_a_kernel_called_with_numbers_of_another_dtype_is_compiled_for_them():
+    """A step's numbers follow the default dtype (stochastic rounding's step count): after
+    ``torch.set_default_dtype(torch.float64)`` the kernel compiled for float32 numbers is not
+    called with float64 ones; the step gives the bits of a process that never used float32."""
+    code = ("import sys, torch, torch_gd\n"
+            "def run():\n"
+            "    gen = torch.Generator().manual_seed(0)\n"
+            "    p = torch.nn.Parameter(torch.randn(70000, generator=gen).to(torch.bfloat16))\n"
+            "    opt = torch_gd.SGD([p], lr=0.1, momentum=0.9, fused=True, param_update='stochastic_rounding',\n"
+            "                       generator=torch.Generator().manual_seed(1))\n"
+            "    for _ in range(3):\n"
+            "        p.grad = torch.randn(p.shape, generator=gen).to(torch.bfloat16)\n"
+            "        opt.step()\n"
+            "    return p.detach().view(torch.int16).tolist()[:64]\n"
+            "if sys.argv[1] == 'both':\n"
+            "    run()\n"
+            "torch.set_default_dtype(torch.float64)\n"
+            "print(run())\n")
+    env = {**os.environ, "TORCH_GD_CACHE_DIR": "0"}
+    outs = [subprocess.run([sys.executable, "-c", code, which], env=env, capture_output=True, text=True, check=True).stdout
+            for which in ("both", "float64")]
+    assert outs[0] == outs[1]

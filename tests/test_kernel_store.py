@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,8 @@ def _env(inductor: Path, store: str | None = None, private: str | None = None) -
     return env
 
 
-def _run(env: dict[str, str]) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600)
+def _run(env: dict[str, str], prelude: str = "") -> dict:
+    out = subprocess.run([sys.executable, "-c", prelude + CHILD], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -120,7 +121,17 @@ def _torn(entry: Path) -> None:
     (entry / "entry.json").unlink()
 
 
-@pytest.mark.parametrize("damage", [_garbage_library, _broken_source, _other_fingerprint, _foreign_key, _torn],
+def _swapped_inputs(entry: Path) -> None:
+    """Two numbers read in each other's place: the check's inputs differ per slot."""
+    meta = json.loads((entry / "entry.json").read_text())
+    numbers = [i for i, slot in enumerate(meta["slots"]) if slot is not None and slot[0] == 3]
+    i, j = numbers[:2]
+    meta["slots"][i], meta["slots"][j] = meta["slots"][j], meta["slots"][i]
+    (entry / "entry.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage", [_garbage_library, _broken_source, _other_fingerprint, _foreign_key, _torn,
+                                    _swapped_inputs],
                          ids=lambda f: f.__name__.strip("_"))
 def test_a_damaged_or_foreign_entry_is_compiled_again(damage, filled, inductor, tmp_path):
     source, first = filled
@@ -196,3 +207,59 @@ def test_a_process_with_another_thread_count_compiles_its_own(filled, inductor, 
     other = _run(env)
     assert other["loaded"] == 0 and other["compiled"] >= 1 and other["digest"] == first["digest"]
     assert len(_entries(store)) == 2 * len(_entries(source))
+
+
+def test_what_the_key_does_not_describe_is_not_stored(filled, inductor, tmp_path):
+    """Kernels of a rule defined outside torch_gd (its source is not in the key), and kernels
+    compiled under Inductor settings changed in Python, are compiled in every process."""
+    _, first = filled
+    store = tmp_path / "store"
+    env = _env(inductor, str(store))
+    changed = "import torch._inductor.config as c\nc.cpp.enable_floating_point_contract_flag = 'fast'\n"
+    for _ in range(2):
+        out = _run(env, changed)
+        assert out["loaded"] == 0 and out["compiled"] >= 1
+    custom = ("import torch, torch_gd\n"
+              "from torch_gd._engine import Spec\n"
+              "def halved(p, g, *, first, lr, momentum, dampening, weight_decay, nesterov, maximize,\n"
+              "           momentum_buffer=None, scratch=None):\n"
+              "    p.sub_(g * lr * 0.5)\n"
+              "class Halved(torch_gd.SGD):\n"
+              "    _spec = Spec(rule=halved, uses_first=True)\n"
+              "p = torch.nn.Parameter(torch.ones(70000))\n"
+              "opt = Halved([p], lr=0.1, fused=True)\n"
+              "p.grad = torch.ones(70000)\n"
+              "opt.step()\n"
+              "assert abs(p[0].item() - 0.95) < 1e-6, p[0].item()\n"
+              "print(sum(k['loaded'] for k in opt.describe()['kernels']))\n")
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", custom], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["0"]
+    assert _entries(store) == []
+
+
+def test_a_shared_default_place_is_not_used(filled, inductor, tmp_path):
+    """The default place is under the shared temporary directory: where another user could
+    have made it, or can write to it, the store is left alone."""
+    _, first = filled
+    shared = tmp_path / "shared"
+    shutil.copytree(inductor, shared, ignore=shutil.ignore_patterns("torch_gd"))
+    shared.chmod(0o777)
+    out = _run(_env(shared))
+    assert out["loaded"] == 0 and out["compiled"] >= 1 and out["digest"] == first["digest"]
+    assert not (shared / "torch_gd").exists()
+
+
+def test_leftovers_of_a_process_that_died_while_saving_are_removed(filled, inductor, tmp_path):
+    _, first = filled
+    kernels = tmp_path / "store" / "kernels"
+    old, recent = kernels / ".tmp-old", kernels / ".tmp-recent"
+    for d in (old, recent):
+        d.mkdir(parents=True)
+        (d / "k0.so").write_bytes(b"partial")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    out = _run(_env(inductor, str(tmp_path / "store")))
+    assert out["compiled"] >= 1 and out["digest"] == first["digest"]
+    assert not old.exists() and recent.exists()

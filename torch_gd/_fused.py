@@ -73,6 +73,15 @@ def _kind(t: Optional[Tensor]) -> Optional[tuple]:
     return None if t is None else (t.dtype, t.dim())
 
 
+def _signature(states: dict[str, Tensor], scalars: dict[str, Tensor], grad_scale: Optional[Tensor],
+               found_inf: Optional[Tensor]) -> tuple:
+    """What a compiled graph was traced for, beyond its kernel's key: which states and numbers
+    it takes, with their dtypes (a number's follows the default dtype or a policy), and the kind
+    of GradScaler's tensors."""
+    return (tuple((k, t.dtype) for k, t in states.items()), tuple((k, t.dtype) for k, t in scalars.items()),
+            _kind(grad_scale), _kind(found_inf))
+
+
 def kinds(amp: tuple[Optional[Tensor], Optional[Tensor]]) -> tuple:
     """``_kind`` of GradScaler's (grad_scale, found_inf)."""
     return (_kind(amp[0]), _kind(amp[1]))
@@ -142,7 +151,7 @@ class _Kernel:
 
     def __call__(self, p: Tensor, g: Tensor, states: dict[str, Tensor], scalars: dict[str, Tensor],
                  grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
-        signature = (tuple(states), tuple(scalars), _kind(grad_scale), _kind(found_inf))
+        signature = _signature(states, scalars, grad_scale, found_inf)
         hit = self.direct.get(signature)
         if hit is not None:
             call, slots = hit
@@ -160,6 +169,8 @@ class _Kernel:
                 self.loaded += 1
                 self(*args)
                 return
+            if _private.compiler_settings_changed():  # code the key would not describe
+                self._store_key = None
         # Dynamo sees aliases without autograd history: a param's 1-D view made under no_grad
         # and traced as an in-place target is refused ("a view was created in no_grad mode").
         args = (p.detach(), g.detach(), {k: t.detach() for k, t in states.items()}, scalars, grad_scale, found_inf)
@@ -233,7 +244,7 @@ def kernel(rule: Callable[..., None], statics: dict[str, Any], dtype: torch.dtyp
         code = _template.__code__.replace(co_name=name, co_qualname=name)
         scope = {"__builtins__": builtins, "_apply": _apply, "RULE": rule, "STATICS": dict(statics)}
         stored = {"rule": f"{rule.__module__}.{rule.__qualname__}", "statics": repr(sorted(statics.items())),
-                  "dtype": str(dtype), "device": device.type} if BACKEND == "inductor" else None
+                  "dtype": str(dtype), "device": device.type} if BACKEND == "inductor" and _kernel_store.holds(rule) else None
         found = _Kernel(types.FunctionType(code, scope, name), stored)
         _KERNELS[key] = found
     return found
@@ -467,7 +478,7 @@ class Call:
                 firsts[kind] = step
             if p.numel() < 2:
                 return None
-            hit = self._kernel(p.dtype, p.device).direct.get((tuple(states), tuple(boxes[kind]), *self.amp_kinds))
+            hit = self._kernel(p.dtype, p.device).direct.get(_signature(states, boxes[kind], *self._amp(p.device)))
             if hit is None:
                 return None
             call, slots = hit

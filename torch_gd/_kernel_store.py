@@ -32,6 +32,7 @@ private fast paths on (``_private``); elsewhere kernels are compiled in every pr
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import json
@@ -41,6 +42,9 @@ import re
 import shutil
 import sys
 import tempfile
+import time
+import uuid
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -51,7 +55,7 @@ from . import _private
 
 ENV = "TORCH_GD_CACHE_DIR"
 # Bumped when an entry's layout changes.
-LAYOUT = 1
+LAYOUT = 2
 # The fixed inputs of the check: odd, so that vector loops run their tails too.
 _CHECK_NUMEL = 1031
 _IMPORT = re.compile(r"^from torch\._inductor\.[\w.]+ import (\w+)(?: as (\w+))?\s*$", re.M)
@@ -78,7 +82,41 @@ def root() -> Optional[Path]:
 
 
 def usable(device: torch.device) -> bool:
-    return device.type == "cpu" and _private.enabled() and root() is not None
+    if device.type != "cpu" or not _private.enabled():
+        return False
+    base = root()
+    return base is not None and (ENV in os.environ or _private_to_us(base))
+
+
+def holds(rule: Callable[..., Any]) -> bool:
+    """Whether kernels of ``rule`` may be stored: torch_gd's own rules, whose source is in the
+    key. A user's rule could change under the same name."""
+    return rule.__module__.split(".")[0] == __name__.split(".")[0]
+
+
+_checked_roots: dict[Path, bool] = {}
+
+
+def _private_to_us(base: Path) -> bool:
+    """The default place is under the shared temporary directory, a path anyone could create
+    first: used only where its existing parts are ours and writable by us alone."""
+    if base not in _checked_roots:
+        ok = True
+        getuid = getattr(os, "getuid", None)
+        for part in (base.parent, base):
+            try:
+                st = part.stat()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                ok = False
+                break
+            if (getuid is not None and st.st_uid != getuid()) or st.st_mode & 0o022:
+                ok = False
+        if not ok:
+            _private.report("the kernel store", PermissionError(f"{base} is not private to this user"))
+        _checked_roots[base] = ok
+    return _checked_roots[base]
 
 
 _environment: Optional[dict[str, str]] = None
@@ -97,14 +135,17 @@ def environment() -> dict[str, str]:
             cpu += "".join(sorted(set(re.findall(r"^(?:model name|flags|Features)\s*:.*$", info, re.M))))
         except OSError:
             cpu += platform.processor()
-        compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or ""
+        # The compiler Inductor calls by default (its ``cpp.cxx``).
+        compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+        compiler = os.path.realpath(shutil.which(compiler) or compiler)
         try:
             st = os.stat(compiler)
             compiler += f":{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             pass
         settings = sorted((k, v) for k, v in os.environ.items()
-                          if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR")
+                          if (k.startswith(("TORCHINDUCTOR_", "TORCHDYNAMO_")) and k != "TORCHINDUCTOR_CACHE_DIR")
+                          or k in ("ATEN_CPU_CAPABILITY", "CXX", "CPATH"))
         _environment = {
             "layout": str(LAYOUT), "torch": f"{torch.__version__} {torch.version.git_version}",
             "python": sys.version.split()[0], "torch_gd": source.hexdigest(),
@@ -135,9 +176,11 @@ def _entry(key: dict[str, str]) -> Optional[Path]:
     return base / "kernels" / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:40]
 
 
-def _check_inputs(slots: list, kinds: list) -> list:
+def _check_inputs(slots: list, kinds: list, flag: bool) -> list:
     """The fixed inputs the check runs a kernel on, one per graph input (``kinds``: dtype and
-    rank, None for the size); a slot named twice gets the same tensor."""
+    rank, None for the size): values drawn from the slot's name, so that a kernel reading its
+    inputs in another order writes other bits; booleans ``flag``. A slot named twice gets the
+    same tensor."""
     made: dict[tuple, Tensor] = {}
     inputs: list = []
     for slot, kind in zip(slots, kinds):
@@ -146,20 +189,29 @@ def _check_inputs(slots: list, kinds: list) -> list:
             continue
         slot = tuple(slot)
         if slot not in made:
-            dtype, rank = getattr(torch, kind[0].split(".")[-1]), kind[1]
-            values = torch.linspace(0.25, 0.75, _CHECK_NUMEL, dtype=torch.float64) if rank else torch.tensor(0.5, dtype=torch.float64)
-            made[slot] = values.to(dtype) if dtype.is_floating_point else torch.ones_like(values, dtype=dtype)
+            dtype, rank, i = getattr(torch, kind[0].split(".")[-1]), kind[1], zlib.crc32(repr(slot).encode()) % 1024
+            if dtype == torch.bool:
+                values = torch.full((_CHECK_NUMEL,) if rank else (), flag)
+            elif dtype.is_floating_point or dtype.is_complex:
+                lo = 0.25 + i / 4096
+                values = torch.linspace(lo, lo + 0.5, _CHECK_NUMEL, dtype=torch.float64) if rank else torch.tensor(lo)
+            else:
+                values = torch.full((_CHECK_NUMEL,) if rank else (), i + 1)
+            made[slot] = values.to(dtype)
         inputs.append(made[slot])
     return inputs
 
 
 def _fingerprint(call: Callable[[list], Any], slots: list, kinds: list) -> str:
-    inputs = _check_inputs(slots, kinds)
-    written = [t for t in dict.fromkeys(x for x in inputs if isinstance(x, Tensor))]
-    call(list(inputs))
+    """A hash of what ``call`` writes on the check's inputs, with booleans false and true."""
     digest = hashlib.sha256()
-    for t in written:
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for flag in (False, True):
+        inputs = _check_inputs(slots, kinds, flag)
+        written = list(dict.fromkeys(x for x in inputs if isinstance(x, Tensor)))
+        call(list(inputs))
+        for t in written:
+            t = t.contiguous()
+            digest.update(ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()))
     return digest.hexdigest()
 
 
@@ -167,9 +219,11 @@ def save(key: dict[str, str], call: Callable[[list], Any], slots: list, example_
     """Keep ``call`` (a generated module's ``call``) and its slots under ``key``; a kernel the
     store cannot hold (not built as C++ extensions) is left out."""
     entry = _entry(key)
-    if entry is None or entry.exists():
+    if entry is None:
         return
     try:
+        if entry.exists():
+            return
         scope = call.__globals__
         source = Path(scope["__file__"]).read_text()
         bindings = _BINDING.findall(source)
@@ -178,7 +232,11 @@ def save(key: dict[str, str], call: Callable[[list], Any], slots: list, example_
         libraries = [Path(scope[name].__self__.__file__) for name, _ in bindings]
         kinds = [None if isinstance(x, (int, torch.SymInt)) else (str(x.dtype), x.dim()) for x in example_inputs]
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
+        _remove_stale(entry.parent)
+        # Made with the umask's permissions (mkdtemp's are the owner's alone): a store filled
+        # ahead of time by one user is read by another.
+        tmp = entry.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
         try:
             for i, lib in enumerate(libraries):
                 shutil.copyfile(lib, tmp / f"k{i}.so")
@@ -194,6 +252,26 @@ def save(key: dict[str, str], call: Callable[[list], Any], slots: list, example_
             shutil.rmtree(tmp, ignore_errors=True)
     except Exception as exc:  # noqa: BLE001 - a kernel not stored is compiled next time
         _private.report("storing a compiled kernel", exc)
+
+
+def _remove_stale(kernels: Path) -> None:
+    """Temporary directories of processes that died while saving (an hour old)."""
+    for tmp in kernels.glob(".tmp-*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > 3600:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _discard(entry: Path) -> None:
+    """Remove a bad entry: renamed aside first, so that it disappears whole."""
+    aside = entry.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        os.rename(entry, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 class _Missing:
@@ -243,16 +321,21 @@ def load(key: dict[str, str]) -> Optional[tuple[Callable[[list], Any], list]]:
     """The stored ``call`` and slots for ``key``, checked to write what the saved one wrote;
     None (and a bad entry removed) otherwise."""
     entry = _entry(key)
-    if entry is None or not entry.is_dir():
+    if entry is None:
         return None
+    try:
+        if not entry.is_dir():
+            return None
+    except OSError:
+        return None
+    prefix = f"torch_gd_store_{entry.name}"
     try:
         meta = json.loads((entry / "entry.json").read_text())
         if meta["key"] != key:
             raise _private.PrivateAPIError("a stored kernel's key is not the one it is filed under")
-        functions = [_extension(entry / f"k{i}.so", f"torch_gd_store_{entry.name}_{i}")
-                     for i in range(meta["libraries"])]
+        functions = [_extension(entry / f"k{i}.so", f"{prefix}_{i}") for i in range(meta["libraries"])]
         source = (entry / "wrapper.py").read_text()
-        scope: dict[str, Any] = {"__name__": f"torch_gd_store_{entry.name}", "AsyncCompile": lambda: _Bindings(functions)}
+        scope: dict[str, Any] = {"__name__": prefix, "AsyncCompile": lambda: _Bindings(functions)}
         for name, alias in _IMPORT.findall(source):
             if name != "AsyncCompile":
                 scope[alias or name] = _Missing(name)
@@ -263,5 +346,7 @@ def load(key: dict[str, str]) -> Optional[tuple[Callable[[list], Any], list]]:
         return call, slots
     except Exception as exc:  # noqa: BLE001 - torn, corrupted or foreign: compile instead
         _private.report("loading a stored kernel", exc)
-        shutil.rmtree(entry, ignore_errors=True)
+        for name in [m for m in sys.modules if m.startswith(prefix + "_")]:
+            sys.modules.pop(name)  # a new entry under this name is loaded afresh
+        _discard(entry)
         return None

@@ -155,6 +155,22 @@ def load_cpp(signature: list[str], source: str) -> Optional[Callable[..., Any]]:
         return None
 
 
+def compiler_settings_changed() -> list[str]:
+    """The Inductor and dynamo settings a program has changed from their defaults (in Python,
+    as ``torch._inductor.config.x = ...``); anything unreadable counts as changed. They shape
+    the code Inductor generates, which the kernel store does not key."""
+    try:
+        from torch._dynamo import config as dynamo_config
+        from torch._inductor import config as inductor_config
+
+        # Compared by value, and called outside a compile: dynamo and Inductor patch some
+        # while compiling, and leave others set to their defaults.
+        return [f"{module.__name__}.{k}" for module in (inductor_config, dynamo_config)
+                for k, v in module.get_config_copy().items() if v != module._config[k].default]
+    except Exception as exc:  # noqa: BLE001 - a changed internal: nothing is stored
+        return [f"unreadable ({type(exc).__name__}: {exc})"]
+
+
 def is_fake(t: Tensor) -> bool:
     """Whether ``t`` is a FakeTensor (no data: tracing, or a device this machine lacks)."""
     try:
