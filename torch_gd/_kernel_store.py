@@ -11,23 +11,25 @@ dynamo nor Inductor (~10 ms a kernel).
 
 **Keys.** An entry is found by a hash of everything the kernel depends on: the rule, its static
 flags, dtype, the dtypes and ranks of its inputs, the number of threads, torch's version and
-commit, Python's version, torch_gd's own source, the CPU (its model and feature flags), the C++ compiler (path,
-size and date) and Inductor's environment settings. The entry repeats its key in full and is
-loaded only if it matches.
+commit, Python's version, torch_gd's own source, the CPU (its model and feature flags), the
+compiler Inductor calls and the environment settings Inductor and dynamo read. The entry repeats
+its key in full and is loaded only if it matches. What a key cannot describe is not stored: a
+rule defined outside torch_gd, or a kernel compiled under settings changed in Python.
 
-**Checks.** At save, the kernel is run on fixed inputs and a hash of what it wrote is kept; a
-load runs the loaded kernel on the same inputs and is taken only if it writes the same bits.
-An entry that fails (torn, corrupted, foreign) is removed and the kernel is compiled as if it
-were not there, with the same results.
+**Checks.** At save, the kernel is run on fixed inputs (values drawn from each input's name,
+booleans both ways) and a hash of what it wrote is kept; a load runs the loaded kernel on the
+same inputs and is taken only if it writes the same bits. An entry that fails (torn, corrupted,
+foreign) is removed and the kernel is compiled as if it were not there, with the same results.
 
-**Concurrency.** An entry is written into a private temporary directory and renamed into
-place whole; readers never see part of one. Processes that compile the same kernel at once
-each rename theirs; the first wins and the others' copies are discarded.
+**Concurrency.** An entry is written into a temporary directory and renamed into place whole;
+readers never see part of one. Processes that compile the same kernel at once each rename
+theirs; the first wins and the others' copies are discarded.
 
 **Where.** ``TORCH_GD_CACHE_DIR`` if set, else a ``torch_gd`` directory in Inductor's cache
-directory (``TORCHINDUCTOR_CACHE_DIR``, or its default under the temporary directory): never in
-site-packages. ``TORCH_GD_CACHE_DIR=0`` turns the store off. It is used on the CPU with the
-private fast paths on (``_private``); elsewhere kernels are compiled in every process.
+directory (``TORCHINDUCTOR_CACHE_DIR``, or its default under the temporary directory, used only
+where it is private to the user): never in site-packages. ``TORCH_GD_CACHE_DIR=0`` turns the
+store off. It is used on the CPU with the private fast paths on (``_private``); elsewhere
+kernels are compiled in every process.
 """
 
 from __future__ import annotations
