@@ -240,8 +240,8 @@ def test_what_the_key_does_not_describe_is_not_stored(filled, inductor, tmp_path
 
 
 def test_a_shared_default_place_is_not_used(filled, inductor, tmp_path):
-    """The default place is under the shared temporary directory: where another user could
-    have made it, or can write to it, the store is left alone."""
+    """The default place is under the shared temporary directory: where every user can write
+    to it, the store is left alone."""
     _, first = filled
     shared = tmp_path / "shared"
     shutil.copytree(inductor, shared, ignore=shutil.ignore_patterns("torch_gd"))

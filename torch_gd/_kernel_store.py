@@ -101,7 +101,7 @@ _checked_roots: dict[Path, bool] = {}
 
 def _private_to_us(base: Path) -> bool:
     """The default place is under the shared temporary directory, a path anyone could create
-    first: used only where its existing parts are ours and writable by us alone."""
+    first: used only where its existing parts are the user's and not writable by all."""
     if base not in _checked_roots:
         ok = True
         getuid = getattr(os, "getuid", None)
@@ -113,10 +113,11 @@ def _private_to_us(base: Path) -> bool:
             except OSError:
                 ok = False
                 break
-            if (getuid is not None and st.st_uid != getuid()) or st.st_mode & 0o022:
+            if (getuid is not None and st.st_uid != getuid()) or st.st_mode & 0o002:
                 ok = False
         if not ok:
-            _private.report("the kernel store", PermissionError(f"{base} is not private to this user"))
+            _private.report("the kernel store", PermissionError(f"{base} is not this user's alone"),
+                            "compiling kernels in every process instead")
         _checked_roots[base] = ok
     return _checked_roots[base]
 
@@ -253,7 +254,7 @@ def save(key: dict[str, str], call: Callable[[list], Any], slots: list, example_
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except Exception as exc:  # noqa: BLE001 - a kernel not stored is compiled next time
-        _private.report("storing a compiled kernel", exc)
+        _private.report("storing a compiled kernel", exc, "it will be compiled again next time")
 
 
 def _remove_stale(kernels: Path) -> None:
@@ -347,7 +348,7 @@ def load(key: dict[str, str]) -> Optional[tuple[Callable[[list], Any], list]]:
             raise _private.PrivateAPIError("a stored kernel does not compute what it computed when saved")
         return call, slots
     except Exception as exc:  # noqa: BLE001 - torn, corrupted or foreign: compile instead
-        _private.report("loading a stored kernel", exc)
+        _private.report("loading a stored kernel", exc, "compiling it instead")
         for name in [m for m in sys.modules if m.startswith(prefix + "_")]:
             sys.modules.pop(name)  # a new entry under this name is loaded afresh
         _discard(entry)

@@ -83,11 +83,11 @@ def switched(on: bool) -> Iterator[None]:
 _reported: set[str] = set()
 
 
-def report(what: str, exc: BaseException) -> None:
-    """One log line per private API that failed, naming it and the error."""
+def report(what: str, exc: BaseException, instead: str = "using the public path instead") -> None:
+    """One log line per private API that failed, naming it, the error and what is done instead."""
     if what not in _reported:
         _reported.add(what)
-        log.warning("torch_gd: %s failed (%s: %s); using the public path instead", what, type(exc).__name__, exc)
+        log.warning("torch_gd: %s failed (%s: %s); %s", what, type(exc).__name__, exc, instead)
 
 
 def inductor_with_call(gm: torch.fx.GraphModule, example_inputs: list) -> tuple[Callable[..., Any], Optional[Callable[[list], Any]]]:
