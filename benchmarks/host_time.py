@@ -11,7 +11,13 @@ called alone on the same tensors:
 
 What is left is the host's share: torch's ``_init_group`` walk over every param, its step
 counter increment; our steady-step checks, numbers, step counters, and (for packed buckets) the
-gather and write-back copies, which this counts against us. On the CPU both terms are wall time
+gather and write-back copies, which this counts against us.
+
+Beside them, the floor of our design's step: ``torch.optim.Optimizer.step``'s wrapper (profiler
+hooks, grad mode; timed on an optimizer whose step does nothing) plus our kernels alone plus
+reading every grad and making it the 1-D view a kernel takes. Where the floor is below torch's
+step, what our step spends above it is the engine's own work, not a limit of calling one
+compiled kernel per large param. On the CPU both terms are wall time
 (the difference of two medians, so small hosts on large sets are within noise: read the small
 sets). On CUDA the host time is the wall time of issuing ``step()`` (the device queue is never
 waited on) and the kernels' time is device time.
@@ -73,6 +79,22 @@ def torch_kernels(optimizer: str, opt: torch.optim.Optimizer) -> Callable[[], No
     return run
 
 
+class _Empty(torch.optim.Optimizer):
+    """An optimizer whose step does nothing: what torch's ``step`` wrapper costs on its own."""
+
+    def __init__(self, params: list[torch.Tensor]) -> None:
+        super().__init__(params, {})
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> None:
+        return None
+
+
+def grads_read(params: list[torch.Tensor]) -> Callable[[], list[torch.Tensor]]:
+    """Every param's grad as the 1-D view a compiled kernel takes."""
+    return lambda: [p.grad.view(-1) for p in params]
+
+
 class IssueTimer:
     """Host wall time of a call that queues device work, without waiting for the device
     (after waiting once before it, so earlier work does not hold the queue)."""
@@ -99,6 +121,8 @@ def one(set_name: str, optimizer: str, layout: str, device: str, rounds: int, st
     step_timer = IssueTimer() if cuda else timer_for(device, timer_kind)
     kernel_timer = timer_for(device, timer_kind)
     step = interleaved_medians({impl: opt.step for impl, opt in opts.items()}, rounds, steps, step_timer)
+    ours = [p for g in opts["torch_gd fused"].param_groups for p in g["params"]]
+    kernels |= {"wrapper": _Empty(ours).step, "grads": grads_read(ours)}
     alone = interleaved_medians(kernels, rounds, steps, kernel_timer)
     row: dict[str, Any] = {"set": set_name, "optimizer": optimizer, "groups": len(split), "device": device,
                            "params": len(params), "elements": sum(p.numel() for p in params)}
@@ -106,6 +130,9 @@ def one(set_name: str, optimizer: str, layout: str, device: str, rounds: int, st
         host = step[impl] if cuda else step[impl] - alone[impl]
         row[impl] = {"step_us": step[impl] * 1e6, "kernels_us": alone[impl] * 1e6, "host_us": host * 1e6}
     row["host ours/torch"] = row["torch_gd fused"]["host_us"] / row["torch fused"]["host_us"]
+    row["floor"] = {"wrapper_us": alone["wrapper"] * 1e6, "grads_us": alone["grads"] * 1e6,
+                    "step_us": (alone["wrapper"] + alone["torch_gd fused"] + alone["grads"]) * 1e6}
+    row["floor/torch step"] = row["floor"]["step_us"] / row["torch fused"]["step_us"]
     return row
 
 
@@ -122,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     args = ap.parse_args(argv)
     rows = []
     print(f"{'set':14} {'optimizer':8} {'groups':>6} {'torch step':>11} {'kernels':>8} {'host':>8} "
-          f"{'ours step':>10} {'kernels':>8} {'host':>8} {'host ours/torch':>16}   (µs)")
+          f"{'ours step':>10} {'kernels':>8} {'host':>8} {'host ours/torch':>16} {'floor':>8} {'floor/torch':>12}   (µs)")
     for set_name in args.sets:
         for optimizer in args.optimizers:
             for layout in args.groups:
@@ -131,7 +158,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                 t, o = r["torch fused"], r["torch_gd fused"]
                 print(f"{set_name:14} {optimizer:8} {r['groups']:>6} {t['step_us']:>11.1f} {t['kernels_us']:>8.1f} "
                       f"{t['host_us']:>8.1f} {o['step_us']:>10.1f} {o['kernels_us']:>8.1f} {o['host_us']:>8.1f} "
-                      f"{r['host ours/torch']:>16.2f}", flush=True)
+                      f"{r['host ours/torch']:>16.2f} {r['floor']['step_us']:>8.1f} {r['floor/torch step']:>12.2f}",
+                      flush=True)
     record = {"command": "python benchmarks/host_time.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
     path = args.json or RESULTS / f"host_time_{torch.device(args.device).type}.json"
