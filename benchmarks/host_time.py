@@ -11,16 +11,16 @@ called alone on the same tensors:
 
 What is left is the host's share: torch's ``_init_group`` walk over every param, its step
 counter increment; our steady-step checks, numbers, step counters, and (for packed buckets) the
-gather and write-back copies, which this counts against us.
+gather and write-back copies, which this counts against us. On the CPU both terms are wall time
+(the difference of two medians, so small hosts on large sets are within noise: read the small
+sets). On CUDA the host time is the wall time of issuing ``step()`` (the device queue is never
+waited on) and the kernels' time is device time.
 
 Beside them, the floor of our design's step: ``torch.optim.Optimizer.step``'s wrapper (profiler
 hooks, grad mode; timed on an optimizer whose step does nothing) plus our kernels alone plus
 reading every grad and making it the 1-D view a kernel takes. Where the floor is below torch's
 step, what our step spends above it is the engine's own work, not a limit of calling one
-compiled kernel per large param. On the CPU both terms are wall time
-(the difference of two medians, so small hosts on large sets are within noise: read the small
-sets). On CUDA the host time is the wall time of issuing ``step()`` (the device queue is never
-waited on) and the kernels' time is device time.
+compiled kernel per large param.
 
     python benchmarks/host_time.py                  # ~2 minutes: small sets and resnet50
     python benchmarks/host_time.py --sets lenet --rounds 3 --json /tmp/host.json

@@ -162,15 +162,15 @@ class _Kernel:
         args = (p, g, states, scalars, grad_scale, found_inf)
         self._store_key = None
         if self.stored is not None and _kernel_store.usable(p.device) and not torch.compiler.is_compiling():
-            self._store_key = _kernel_store.key_of(self.stored, args)
-            hit = _kernel_store.load(self._store_key)
+            key = _kernel_store.key_of(self.stored, args)
+            hit = _kernel_store.load(key)
             if hit is not None:
                 self.direct[signature] = hit
                 self.loaded += 1
                 self(*args)
                 return
-            if _private.compiler_settings_changed():  # code the key would not describe
-                self._store_key = None
+            if not _private.compiler_settings_changed():  # else code the key would not describe
+                self._store_key = key
         # Dynamo sees aliases without autograd history: a param's 1-D view made under no_grad
         # and traced as an in-place target is refused ("a view was created in no_grad mode").
         args = (p.detach(), g.detach(), {k: t.detach() for k, t in states.items()}, scalars, grad_scale, found_inf)

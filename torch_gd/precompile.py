@@ -74,19 +74,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("configs", nargs="*", default=list(USUAL), help="optimizer configurations (default: %(default)s)")
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64", "bfloat16", "float16"])
     args = ap.parse_args(argv)
-    where = _kernel_store.root()
-    if where is None:
-        print(f"the kernel store is off ({_kernel_store.ENV}=0): nothing to fill", file=sys.stderr)
-        return 1
-    if not _private.enabled():
-        print(f"the kernel store is used with the private fast paths only, and they are off here "
-              f"({_private.ENV}): nothing to fill", file=sys.stderr)
+    if not _kernel_store.usable(torch.device("cpu")):
+        print(f"the kernel store is not used here ({_kernel_store.ENV}=0, the private fast paths off "
+              f"({_private.ENV}), or a default place every user can write to): nothing to fill", file=sys.stderr)
         return 1
     try:
         counts = run(args.configs, [getattr(torch, d) for d in args.dtype])
     except ValueError as exc:
         ap.error(str(exc))
-    print(f"{where}: {counts['compiled']} kernels compiled (and stored), {counts['loaded']} loaded from the store")
+    print(f"{_kernel_store.root()}: {counts['compiled']} kernels compiled (and stored), {counts['loaded']} loaded from the store")
     return 0
 
 
