@@ -37,6 +37,7 @@ from . import _private
 from ._private import is_fake
 from ._ops import real_view
 from ._fused import Call, Prepared, storage_order
+from ._lane import Lane, direct_grads
 from ._scatter import Scatter
 from ._state import State, repoint
 from ._steady import Program, param_kind
@@ -211,6 +212,12 @@ class _Work:
     # An eager step's pending ``clip_grad_norm``: its factor scales each grad as it enters the rule.
     clip: Optional[PendingClip] = None
 
+    def release(self) -> None:
+        """Drop this step's grads once it has run: a recorded step that kept them would keep
+        every grad alive through ``zero_grad()`` and the next backward."""
+        self.packed = dict.fromkeys(self.packed, ())
+        self.loose, self.direct_grads = [], None
+
     @property
     def precise(self) -> bool:
         """Whether the group sets a precision policy: its rule runs through ``_precision.run``."""
@@ -299,6 +306,9 @@ class Engine:
         # step (torch.compile around ``step()``) reads it rather than guarding on its value.
         self._rounds = torch.zeros((), dtype=torch.int64)
         self._program: Optional[Program] = None
+        # The recorded program's large-param calls across groups (``_lane``): None until built
+        # at its first replay, False where it has none.
+        self._lane: Any = None
         # Steps run by the recorded program, by the checked path, and group steps whose fused
         # kernels ran from prepared calls (``describe``).
         self.counts_of = {"replayed": 0, "checked": 0, "prepared": 0}
@@ -331,10 +341,15 @@ class Engine:
         for work in program.works:
             plan = work.plan
             launches = [(b.launch, [None] * len(b.launch.calls) if b.launch else []) for b in plan.buckets]
-            if work.loose:
-                launches.append((plan.launch, work.direct_grads if work.direct else []))
+            loose = plan.take_loose(plan.params)
+            if loose:
+                grads = None
+                if work.direct and plan.launch is not None and all(p.grad is not None for p in loose):
+                    grads = direct_grads(plan.direct, [(p, p.grad) for p in loose], checked=False)
+                launches.append((plan.launch if grads is not None else None, grads or []))
             if not all(launch for launch, _ in launches):
-                raise RuntimeError("kernel_calls(): a group's kernel calls were not prepared at the last step")
+                raise RuntimeError("kernel_calls(): a group's kernel calls were not prepared at the last step, "
+                                   "or its large params' grads have gone or changed since")
             calls += [functools.partial(launch.run, i, g) for launch, grads in launches for i, g in enumerate(grads)]
 
         def run() -> None:
@@ -349,7 +364,7 @@ class Engine:
 
     def forget_program(self) -> None:
         """Forget the recorded steady step (a step it does not describe has run since)."""
-        self._program = None
+        self._program = self._lane = None
 
     # ---------------------------------------------------------------- the steady step
 
@@ -363,6 +378,10 @@ class Engine:
         eligible = Program.eligible(groups, works, state)
         self._program = (Program(groups, works, state.version, hyper, state_keys, _handed(amp, clip))
                          if eligible else None)
+        self._lane = None
+        for work in works:
+            if work is not None:
+                work.release()
 
     def replay(self, groups: list[dict], state: Any, amp: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
                clip: Optional[PendingClip] = None) -> bool:
@@ -374,27 +393,85 @@ class Engine:
             return False
         grads = program.grads(groups, state)
         if grads is None:
-            self._program = None
+            self.forget_program()
             return False
+        lane = self._lane if self._lane is not None else self._build_lane(program, state)
         # Every check before the first write: a large param rebound since (``p.data = ...``).
+        lane_grads = lane.grads(grads) if lane else None
+        if lane and lane_grads is None:
+            self.forget_program()
+            return False
         for work, gs in zip(program.works, program.split(grads)):
             plan = work.plan
             work.packed = {b: b.take(gs) for b in plan.buckets}
+            if lane and work.direct:
+                continue
             work.loose = list(zip(plan.take_loose(plan.params), plan.take_loose(gs)))
             if work.direct:
                 # The program has checked every grad's and param's dtype, device and shape.
-                work.direct_grads = _direct_grads(plan.direct, work.loose, checked=True)
+                work.direct_grads = direct_grads(plan.direct, work.loose, checked=True)
                 if work.direct_grads is None:
-                    self._program = None
+                    self.forget_program()
                     return False
+        if lane:
+            lane.run(lane_grads, self._scaled, self.counts if self.spec.uses_step else self._private_counts)
+            self.counts_of["prepared"] += len(lane.works)
         for work in program.works:
             if work.fused is not None:
                 work.fused.load_amp(*amp)
             else:
                 work.clip = clip
-            self.execute(work, state)
+            if lane and work.direct:
+                for b, gs in work.packed.items():
+                    self._run_whole(b, gs, work)
+            else:
+                self.execute(work, state)
+            work.release()
         self.counts_of["replayed"] += 1
         return True
+
+    def _build_lane(self, program: Program, state: Any) -> Any:
+        """The lane of ``program``'s prepared large-param calls (``_lane``), its works' step
+        counters made views of one tensor where they share a device and dtype; False where
+        there is none to build (no such calls, or ones the lane cannot run: GradScaler
+        histories, calls not prepared)."""
+        works = [w for w in program.works if w.direct]
+        if not works or self._amp_tags or any(w.plan.launch is None or not w.plan.launch.fits(w.fused) for w in works):
+            self._lane = False if not works or self._amp_tags else None
+            return False
+        params = [p for w in works for p in w.plan.take_loose(w.plan.params)]
+        ids = {id(p): i for i, p in enumerate(program.params)}
+        counters = [w.plan.direct_counters for w in works]
+        shared = None
+        if len(works) > 1 and all(c is not None for c in counters) and len({(c.device, c.dtype) for c in counters}) == 1:
+            shared = torch.cat(counters)
+            lo = 0
+            for w in works:
+                hi = lo + len(w.plan.direct)
+                self._share_counters(w.plan, shared[lo:hi], state)
+                w.plan.launch = w.fused.prepare(_launch_items(w.plan.direct))
+                lo = hi
+            if any(w.plan.launch is None for w in works):
+                self._lane = None
+                return False
+        elif len(works) == 1:
+            shared = counters[0]
+        self._lane = Lane(works, params, [ids[id(p)] for p in params], shared)
+        return self._lane
+
+    def _share_counters(self, plan: _Plan, counters: Tensor, state: Any) -> None:
+        """Make the 0-dim views of ``counters`` (one per large param, holding their counts) the
+        step counters of ``plan``'s prepared calls, in ``state`` too for rules with ``step``:
+        one op then advances them all."""
+        plan.direct_counters = counters
+        for e, p, view in zip(plan.direct, plan.take_loose(plan.params), counters.unbind()):
+            e.step = view
+            if self.spec.uses_step:
+                repoint(state[p], "step", view)
+                self._step_seen[id(p)] = view
+            else:
+                self._steps[id(p)] = view
+        plan.direct_steps = [e.step for e in plan.direct]
 
     # ---------------------------------------------------------------- planning
 
@@ -554,8 +631,8 @@ class Engine:
         # Traced by dynamo (``torch.compile`` around ``step()``), the large params take the
         # checked path: the prepared views were made outside the trace.
         prepared = whole and plan.direct is not None and not torch.compiler.is_compiling()
-        direct_grads = _direct_grads(plan.direct, loose, checked=False) if prepared else None
-        direct = direct_grads is not None
+        flat_grads = direct_grads(plan.direct, loose, checked=False) if prepared else None
+        direct = flat_grads is not None
         kw = {k: _f64(v) for k, v in hyper.items()}
         kw.update(first=False, scratch=None)
         layout = functools.partial(_precision.state_dtypes, keys, kw)
@@ -584,7 +661,7 @@ class Engine:
             else:
                 fused.load_amp(*amp)
         return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made,
-                     direct_grads, clip)
+                     flat_grads, clip)
 
     def execute(self, work: _Work, state: dict) -> None:
         if work.precise and work.fused is None and not self.spec.uses_step:
@@ -668,18 +745,11 @@ class Engine:
             return
         if len({self._amp_tags.get(id(p), 0) for p in loose}) > 1:
             return
+        plan.direct = entries
         if len({(e.step.device, e.step.dtype) for e in entries}) == 1:
             # The counters become views of one tensor, advanced by one op per step (a foreach
             # add over 0-dim tensors costs ~3 µs each on the CPU).
-            plan.direct_counters = torch.stack([e.step for e in entries])
-            for e, p, view in zip(entries, loose, plan.direct_counters.unbind()):
-                e.step = view
-                if self.spec.uses_step:
-                    repoint(state[p], "step", view)
-                    self._step_seen[id(p)] = view
-                else:
-                    self._steps[id(p)] = view
-        plan.direct = entries
+            self._share_counters(plan, torch.stack([e.step for e in entries]), state)
         plan.direct_count = counts.pop()
         plan.direct_ids = [id(p) for p in loose]
         plan.direct_steps = [e.step for e in entries]
@@ -1187,27 +1257,6 @@ def _direct_copies(b: _Bucket) -> Optional[Scatter]:
 def _launch_items(entries: list[_Direct]) -> list[tuple]:
     """The prepared calls' items (``Call.prepare``) of large params: grads come at each step."""
     return [(e.p, None, e.states, e.step) for e in entries]
-
-
-def _direct_grads(entries: list[_Direct], loose: list[tuple[Tensor, Tensor]], checked: bool) -> Optional[list[Tensor]]:
-    """The grads of params with prepared calls, 1-D as the calls take them, if the calls still
-    describe the params (not rebound by ``p.data = ...``) and their grads (the param's layout,
-    and unless ``checked`` already, its shape, dtype and device); else None."""
-    grads = []
-    for e, (p, g) in zip(entries, loose):
-        if p.data_ptr() != e.address or p.stride() != e.stride:
-            return None
-        if not checked and (p.shape != e.shape or g.shape != e.shape or g.dtype is not e.dtype or g.device != e.device):
-            return None
-        if e.contiguous:
-            if not g.is_contiguous():
-                return None
-            grads.append(g.view(-1))
-        elif g.stride() == e.stride:
-            grads.append(storage_order(g))
-        else:
-            return None
-    return grads
 
 
 def _picker(positions: list[int]) -> Callable[[list], Any]:

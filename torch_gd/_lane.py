@@ -1,0 +1,105 @@
+"""The steady step's large params, across every fused param group at once.
+
+A recorded steady step (``_steady.Program``) of fused groups calls one prepared kernel per
+large param (``Engine._prepare_direct``). Done group by group, each group pays its own checks,
+step-counter op and version bumps: ~40 µs a group on the CPU, so resnet50 with a group per
+tensor spent 6 ms a step around kernels that take 1.9 ms with one group. A ``Lane`` does that
+work once for all groups: the params' addresses and strides and the grads' layouts compared
+in one pass at C speed, one op advancing every counter (they become views of one tensor), and
+one version bump; per group there remain its step's numbers and its kernel calls.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.graph import increment_version
+
+from ._fused import storage_order
+
+_address = Tensor.data_ptr
+_stride = Tensor.stride
+_contiguous = Tensor.is_contiguous
+_flat = operator.methodcaller("view", -1)
+
+
+class Lane:
+    """The prepared large-param calls of ``works`` (the fused works of a program with them), in
+    order: which of the step's grads they take (``pick``), what must still hold of their params,
+    and the one counter tensor they advance, if their counters share a device and dtype."""
+
+    def __init__(self, works: list[Any], params: list[Tensor], positions: list[int], counters: Optional[Tensor]) -> None:
+        self.works = works
+        self.pick: Callable[[list], Any] = operator.itemgetter(*positions) if len(positions) > 1 else (
+            lambda xs, i=positions[0]: (xs[i],))
+        self.entries = entries = [e for w in works for e in w.plan.direct]
+        self.params = params
+        self.addresses = [e.address for e in entries]
+        self.strides = [e.stride for e in entries]
+        # Grads are viewed 1-D at C speed where every param is contiguous; otherwise per param.
+        self.contiguous = all(e.contiguous for e in entries)
+        self.counters = counters
+        self.spans = []
+        lo = 0
+        for w in works:
+            hi = lo + len(w.plan.direct)
+            self.spans.append((w, lo, hi))
+            lo = hi
+        self.written = [t for w in works for t in w.plan.launch.written]
+
+    def grads(self, grads: list[Tensor]) -> Optional[list[Tensor]]:
+        """The lane's grads from the step's (in program order, already checked for dtype,
+        device and shape), 1-D as the calls take them, if the prepared calls still describe
+        their params (not rebound by ``p.data = ...``) and grads; else None."""
+        params = self.params
+        if list(map(_address, params)) != self.addresses or list(map(_stride, params)) != self.strides:
+            return None
+        mine = self.pick(grads)
+        if self.contiguous:
+            return list(map(_flat, mine)) if all(map(_contiguous, mine)) else None
+        return direct_grads(self.entries, list(zip(params, mine)), checked=True)
+
+    def run(self, grads: list[Tensor], scaled: bool, counts: dict[int, int]) -> None:
+        """Every call: the counters advanced, each group's numbers loaded and its kernels run,
+        the host counts (``counts``) and the version counters of what was written bumped."""
+        if self.counters is not None:
+            self.counters.add_(1)
+        for work, lo, hi in self.spans:
+            plan, fused = work.plan, work.fused
+            if self.counters is None:
+                plan.direct_counters.add_(1) if plan.direct_counters is not None else torch._foreach_add_(plan.direct_steps, 1)
+            count = plan.direct_count + 1
+            launch = plan.launch
+            launch.refresh(fused, count, None if scaled else count)
+            run = launch.run
+            for i, g in enumerate(grads[lo:hi]):
+                run(i, g)
+            fused.wind_back([plan.direct_counters] if plan.direct_counters is not None else plan.direct_steps)
+            counts.update(dict.fromkeys(plan.direct_ids, count))
+            plan.direct_count = count
+        increment_version(self.written)
+
+
+def direct_grads(entries: list[Any], loose: list[tuple[Tensor, Tensor]], checked: bool) -> Optional[list[Tensor]]:
+    """The grads of params with prepared calls (``_engine._Direct``), 1-D as the calls take
+    them, if the calls still describe the params (not rebound by ``p.data = ...``) and their
+    grads (the param's layout, and unless ``checked`` already, its shape, dtype and device);
+    else None."""
+    grads = []
+    for e, (p, g) in zip(entries, loose):
+        if p.data_ptr() != e.address or p.stride() != e.stride:
+            return None
+        if not checked and (p.shape != e.shape or g.shape != e.shape or g.dtype is not e.dtype or g.device != e.device):
+            return None
+        if e.contiguous:
+            if not g.is_contiguous():
+                return None
+            grads.append(g.view(-1))
+        elif g.stride() == e.stride:
+            grads.append(storage_order(g))
+        else:
+            return None
+    return grads
