@@ -4,6 +4,8 @@ state changes, and the layout of the state it exposes."""
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -143,22 +145,25 @@ def test_momentum_toggled_by_a_group_edit_follows_torch():
 
 
 _EVENTS = ["step", "step", "step", "no grad", "edit param", "edit param data", "rebind param", "swap param data",
-           "replace state", "delete state", "plain dict state", "edit state in place", "reset step"]
+           "replace state", "delete state", "plain dict state", "edit state in place", "reset step", "halve last lr"]
 
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1))])
 @pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])
+@pytest.mark.parametrize("grouping", ["one group", "group per param"])
 @settings(max_examples=15)
 @given(events=st.lists(st.sampled_from(_EVENTS), min_size=3, max_size=12))
-def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, events):
+def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, grouping, events):
     """Steps that find nothing changed skip the per-param checks (and for fused groups reuse
-    the large params' prepared kernel calls); whatever a user does between steps (edit a param,
-    also through ``p.data``, rebind or swap params' data, replace, delete or reset state, take a
-    grad away) must still land exactly as in torch. The last param is large (per-tensor path)."""
+    the large params' prepared kernel calls, across groups as one lane); whatever a user does
+    between steps (edit a param, also through ``p.data``, rebind or swap params' data, replace,
+    delete or reset state, take a grad away, change one group's lr) must still land exactly as
+    in torch. The last param is large (per-tensor path)."""
     big = torch.randn(_engine.PACK_MAX_NUMEL + 1, generator=torch.Generator().manual_seed(1))
     ours, theirs = ([*_params(), torch.nn.Parameter(big.clone())] for _ in range(2))
-    a = getattr(torch_gd, name)(ours, fused=fused, **kw)
-    b = getattr(torch.optim, name)(theirs, foreach=False, **kw)
+    grouped = (lambda ps: [{"params": [p]} for p in ps]) if grouping == "group per param" else list
+    a = getattr(torch_gd, name)(grouped(ours), fused=fused, **kw)
+    b = getattr(torch.optim, name)(grouped(theirs), foreach=False, **kw)
     key = "momentum_buffer" if name == "SGD" else "exp_avg"
     for i, event in enumerate(["step", "step"] + events):
         _grads(ours, i), _grads(theirs, i)
@@ -188,6 +193,8 @@ def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, 
                 o.state[ps[0]][key].add_(1.0)
             elif event == "reset step" and "step" in o.state[ps[2]]:
                 o.state[ps[2]]["step"] = torch.tensor(1.0, device=o.state[ps[2]]["step"].device)
+            elif event == "halve last lr":
+                o.param_groups[-1]["lr"] *= 0.5
         a.step(), b.step()
         tol = dict(rtol=1.3e-6, atol=1e-6) if fused else dict(rtol=0, atol=0)
         assert_params_close(ours, theirs, **tol)
@@ -319,3 +326,50 @@ def test_packed_params_that_change_layout_or_dtype_between_steps_follow_torch(fu
         b.step()
         for p, q in zip(ours, theirs):
             torch.testing.assert_close(p.detach().double(), q.detach().double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])
+def test_a_step_keeps_no_grad_alive(fused):
+    """torch's optimizers hold no grad between steps, so ``zero_grad()`` frees the old grads
+    before the next backward allocates new ones; a recorded steady step must not keep them
+    either (it would add a grad's worth of memory at the peak of every step)."""
+    model = torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.Linear(300, 10), torch.nn.LayerNorm(10))
+    opt = torch_gd.AdamW(model.parameters(), lr=1e-3, fused=fused)
+    for _ in range(4):
+        model(torch.randn(8, 300)).sum().backward()
+        opt.step()
+        refs = [weakref.ref(p.grad) for p in model.parameters()]
+        opt.zero_grad()
+        gc.collect()
+        assert [r() for r in refs] == [None] * len(refs)
+    assert opt.describe()["steps"]["replayed"] >= 2
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(momentum=0.9)), ("AdamW", {})])
+def test_groups_replayed_together_follow_torch_and_round_trip_a_checkpoint(name, kw):
+    """Fused groups' large params run across groups in a steady step (one counter tensor for
+    them all): every group keeps its own lr, ``state`` its own per-param ``step``, and a
+    checkpoint taken then loads into torch and back, continuing as torch does."""
+    gen = torch.Generator().manual_seed(3)
+    make = lambda: [torch.nn.Parameter(torch.randn(5000 + 7 * i, generator=gen)) for i in range(4)]  # noqa: E731
+    ours = make()
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    grouped = lambda ps: [{"params": [p], "lr": 0.1 / (i + 1)} for i, p in enumerate(ps)]  # noqa: E731
+    a = getattr(torch_gd, name)(grouped(ours), fused=True, **kw)
+    b = getattr(torch.optim, name)(grouped(theirs), foreach=False, **kw)
+    tol = dict(rtol=1.3e-6, atol=1e-6)  # the fused kernel's fp32 against torch's for-loop
+    for i in range(5):
+        _grads(ours, i), _grads(theirs, i)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, **tol)
+        assert_state_close(a, b, **tol)
+    assert a.describe()["steps"]["replayed"] >= 2
+    c = getattr(torch_gd, name)(grouped(ours), fused=True, **kw)
+    c.load_state_dict(b.state_dict())
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    for i in range(5, 9):
+        _grads(ours, i), _grads(theirs, i)
+        c.step(), b.step()
+        assert_params_close(ours, theirs, **tol)
+        assert_state_close(c, b, **tol)
+    assert c.describe()["steps"]["replayed"] >= 2

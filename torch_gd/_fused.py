@@ -322,6 +322,12 @@ class Call:
         # then a step's numbers can be computed on the host wherever the host knows the step
         # count (``host_numbers``; a rule without ``step`` knows it only on the device).
         self.plain = self._numbers_plain and found_inf is None and not (self._noisy and not spec.uses_step)
+        self._values_key()
+
+    def _values_key(self) -> None:
+        # What ``host_numbers`` depends on besides the count: calls with equal keys (param
+        # groups with the same settings) share a step's numbers.
+        self.values_key = (self.rule, tuple(self.statics.items()), tuple(self.numbers.items())) if self.plain else None
 
     def reusable(self, kw: dict[str, Any], grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> bool:
         """Whether this call serves a step with hyperparameters ``kw`` and these GradScaler (or
@@ -360,6 +366,7 @@ class Call:
         self._kw.update(hyper)
         self._scalars.clear()
         self._per_count.clear()
+        self._values_key()
         return True
 
     def host_numbers(self, count: int) -> dict[str, Any]:
@@ -611,13 +618,16 @@ class Prepared:
         return (call.amp_kinds == self.amp_kinds and (call._amps is self.amps or self.amp_kinds == (None, None))
                 and call._traced == self.traced and tuple(call.numbers) == self.numbers)
 
-    def refresh(self, call: Call, count: Optional[Hashable], host_count: Optional[int] = None) -> None:
+    def refresh(self, call: Call, count: Optional[Hashable], host_count: Optional[int] = None,
+                values: Optional[dict[str, Any]] = None) -> None:
         """Load this step's numbers (``Call.step_numbers``); the step counters have been
         advanced. ``host_count``: the step count every param of the calls reaches with this
         step, where the host knows it (no GradScaler history): a ``plain`` call's numbers are
-        then computed in Python and written through ``_Boxes``, with no torch op."""
+        then computed in Python (or given: ``values``, ``call.host_numbers(host_count)``) and
+        written through ``_Boxes``, with no torch op."""
         if host_count is not None and call.plain:
-            values = call.host_numbers(host_count)
+            if values is None:
+                values = call.host_numbers(host_count)
             if all(box.write(values) for box in self.boxes.values()):
                 return
         for (device, dtype), box in self.boxes.items():

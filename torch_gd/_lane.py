@@ -63,25 +63,31 @@ class Lane:
         return direct_grads(self.entries, list(zip(params, mine)), checked=True)
 
     def run(self, grads: list[Tensor], scaled: bool, counts: dict[int, int]) -> None:
-        """Every call: the counters advanced, each group's numbers loaded and its kernels run,
-        the host counts (``counts``) and the version counters of what was written bumped."""
+        """Every call: the counters advanced, each group's numbers loaded (computed once for
+        groups with the same settings and count), its kernels run, the host counts (``counts``)
+        and the version counters of what was written bumped."""
         if self.counters is not None:
             self.counters.add_(1)
+        shared: dict[tuple, dict[str, Any]] = {}
         for work, lo, hi in self.spans:
             plan, fused = work.plan, work.fused
             if self.counters is None:
                 plan.direct_counters.add_(1) if plan.direct_counters is not None else torch._foreach_add_(plan.direct_steps, 1)
             count = plan.direct_count + 1
-            launch = plan.launch
-            launch.refresh(fused, count, None if scaled else count)
-            run = launch.run
+            values = None
+            if not scaled and fused.values_key is not None:
+                key = (fused.values_key, count)
+                values = shared.get(key)
+                if values is None:
+                    values = shared[key] = fused.host_numbers(count)
+            plan.launch.refresh(fused, count, None if scaled else count, values)
+            run = plan.launch.run
             for i, g in enumerate(grads[lo:hi]):
                 run(i, g)
             fused.wind_back([plan.direct_counters] if plan.direct_counters is not None else plan.direct_steps)
             counts.update(dict.fromkeys(plan.direct_ids, count))
             plan.direct_count = count
         increment_version(self.written)
-
 
 def direct_grads(entries: list[Any], loose: list[tuple[Tensor, Tensor]], checked: bool) -> Optional[list[Tensor]]:
     """The grads of params with prepared calls (``_engine._Direct``), 1-D as the calls take
