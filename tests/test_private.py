@@ -107,3 +107,49 @@ def test_the_quiet_builder_drops_only_the_cuda_home_notice(caplog):
         logger.warning("another notice")
     assert [r.getMessage() for r in caplog.records] == ["another notice"]
     assert not logger.filters
+
+
+def test_prepared_calls_go_straight_to_the_cpp_function_with_the_public_paths_bits():
+    """Steady fused steps call the compiled C++ function itself, grads of any shape as they are
+    (conv, linear and norm params here); the params and state come out bit for bit as through
+    the public torch.compile path."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10),
+                                torch.nn.LayerNorm(10))
+    gen = torch.Generator().manual_seed(2)
+    params, refs = twins([tuple(p.shape) for p in model.parameters()], gen)
+    opt = torch_gd.SGD(params, lr=0.1, momentum=0.9, fused=True)
+    with _private.switched(False):
+        ref = torch_gd.SGD(refs, lr=0.1, momentum=0.9, fused=True)
+    for _ in range(5):
+        same_grads(params, refs, gen)
+        opt.step()
+        with _private.switched(False):
+            ref.step()
+        assert_params_close(params, refs, rtol=0, atol=0)
+        assert_state_close(opt, ref, rtol=0, atol=0)
+    described = opt.describe()
+    assert described["steps"]["replayed"] >= 3
+    assert [k["bare"] for k in described["kernels"]] == [1]
+
+
+def test_a_cpp_function_taking_its_inputs_in_another_order_is_not_called(monkeypatch):
+    """What ``bare_kernel`` reads from the generated source is checked against the generated
+    ``call`` before use: a wrong reading (here, two inputs swapped) keeps the ``call``."""
+    found = _private.bare_kernel
+
+    def misread(call):
+        function, order = found(call)
+        return function, (order[1], order[0], *order[2:])
+
+    monkeypatch.setattr(_private, "bare_kernel", misread)
+    monkeypatch.setattr(_fused, "_KERNELS", {})
+    gen = torch.Generator().manual_seed(3)
+    params, refs = twins([(50, 40), (40,)], gen)
+    with _private.switched(True):
+        opt = torch_gd.SGD(params, lr=0.1, momentum=0.9, fused=True)
+        ref = torch_gd.SGD(refs, lr=0.1, momentum=0.9)
+        for _ in range(4):
+            same_grads(params, refs, gen)
+            opt.step(), ref.step()
+            assert_params_close(params, refs, **tol(torch.float32))
+        assert [k["bare"] for k in opt.describe()["kernels"]] == [0]

@@ -117,6 +117,7 @@ class _Kernel:
         self.stored = stored
         self.loaded = 0  # call signatures loaded from the store
         self._store_key: Optional[dict[str, str]] = None
+        self._bare: dict[tuple, Optional[tuple[Callable[..., Any], tuple[int, ...]]]] = {}
         # Made at the first compile: ``torch.compile`` imports dynamo (~1 s), which a kernel
         # loaded from the store never needs.
         self._compiled: Optional[Callable[..., None]] = None
@@ -191,6 +192,25 @@ class _Kernel:
             self.direct[signature] = self._captured
 
 
+    def bare(self, signature: tuple, inputs: list) -> Optional[tuple[Callable[..., Any], tuple[int, ...]]]:
+        """The C++ function behind the direct call for ``signature`` and the order it takes the
+        call's ``inputs`` in (``_private.bare_kernel``; their kinds are what matters), checked
+        once to write what the call writes on the store's check inputs; None where there is
+        none, or on another device than the CPU."""
+        if signature not in self._bare:
+            call, slots = self.direct[signature]
+            found = _private.bare_kernel(call) if all(
+                not isinstance(x, Tensor) or x.device.type == "cpu" for x in inputs) else None
+            if found is not None:
+                function, order = found
+                kinds = [None if isinstance(x, int) else (str(x.dtype), x.dim()) for x in inputs]
+                spread = lambda xs: function(*[xs[i] for i in order])  # noqa: E731
+                if _kernel_store.fingerprint(spread, slots, kinds) != _kernel_store.fingerprint(call, slots, kinds):
+                    found = None
+            self._bare[signature] = found
+        return self._bare[signature]
+
+
 def _private_cause(exc: BaseException) -> Optional[BaseException]:
     """The ``PrivateAPIError`` behind ``exc`` (dynamo wraps a backend's errors), if any."""
     seen = set()
@@ -255,6 +275,7 @@ def describe(k: _Kernel, rule: Callable[..., None], statics: dict[str, Any], dty
     """A kernel as ``Engine.describe`` reports it."""
     return {"rule": rule.__name__, "statics": dict(statics), "dtype": dtype, "device": device,
             "direct": [getattr(call, "__name__", type(call).__name__) for call, _ in k.direct.values()],
+            "bare": sum(found is not None for found in k._bare.values()),
             "dynamo_calls": k.dynamo_calls, "loaded": k.loaded}
 
 
@@ -485,12 +506,20 @@ class Call:
                 firsts[kind] = step
             if p.numel() < 2:
                 return None
-            hit = self._kernel(p.dtype, p.device).direct.get(_signature(states, boxes[kind], *self._amp(p.device)))
+            compiled = self._kernel(p.dtype, p.device)
+            signature = _signature(states, boxes[kind], *self._amp(p.device))
+            hit = compiled.direct.get(signature)
             if hit is None:
                 return None
             call, slots = hit
-            inputs = _inputs(slots, (p, g, states, boxes[kind], *self._amp(p.device)))
-            calls.append((call, inputs, slots.index((1, None)) if g is None and (1, None) in slots else None))
+            inputs = _inputs(slots, (p, p if g is None else g, states, boxes[kind], *self._amp(p.device)))
+            at = slots.index((1, None)) if g is None and (1, None) in slots else None
+            bare = compiled.bare(signature, inputs)
+            if bare is not None and (at is None or bare[1].count(at) == 1):
+                function, order = bare
+                calls.append((function, [inputs[i] for i in order], None if at is None else order.index(at), True))
+            else:
+                calls.append((call, inputs, at, False))
         written = [t for p, _, states, _ in items for t in (p, *states.values())]
         return Prepared(self._traced, tuple(self.numbers), boxes, firsts, calls, written, self._amps, self.amp_kinds)
 
@@ -605,11 +634,14 @@ class Prepared:
     objects it reads, against ~3 µs for a prepared call."""
 
     def __init__(self, traced: dict[str, Any], numbers: tuple[str, ...], boxes: dict[tuple, dict[str, Tensor]],
-                 firsts: dict[tuple, Tensor], calls: list[tuple[Callable[[list], Any], list, Optional[int]]],
+                 firsts: dict[tuple, Tensor], calls: list[tuple[Callable[..., Any], list, Optional[int], bool]],
                  written: list[Tensor], amps: dict, amp_kinds: tuple) -> None:
         self.traced, self.numbers = traced, numbers
         self.boxes, self.firsts = boxes, firsts
         self.calls, self.written = calls, written
+        # Every call reads its grad by address (``_Kernel.bare``): a grad with contiguous
+        # elements is passed as it is, without a 1-D view.
+        self.any_shape = all(bare for *_, bare in calls)
         self.amps, self.amp_kinds = amps, amp_kinds
 
     def fits(self, call: Call) -> bool:
@@ -635,9 +667,18 @@ class Prepared:
             torch._foreach_copy_(list(box.values()), [fresh[k] for k in box])
 
     def run(self, i: int, g: Optional[Tensor] = None) -> None:
-        """Call ``i``, with its grad when it was prepared without one."""
-        kernel, inputs, at = self.calls[i]
-        inputs = inputs.copy()  # the call empties the list it is given
+        """Call ``i``, with its grad when it was prepared without one (1-D, or of any shape
+        with contiguous elements where ``any_shape``)."""
+        kernel, inputs, at, bare = self.calls[i]
+        if bare:  # the C++ function itself, which takes its inputs as arguments
+            if at is None:
+                kernel(*inputs)
+            else:
+                args = inputs.copy()
+                args[at] = g
+                kernel(*args)
+            return
+        inputs = inputs.copy()  # the generated ``call`` empties the list it is given
         if at is not None:
             inputs[at] = g
         kernel(inputs)

@@ -205,8 +205,9 @@ def _check_inputs(slots: list, kinds: list, flag: bool) -> list:
     return inputs
 
 
-def _fingerprint(call: Callable[[list], Any], slots: list, kinds: list) -> str:
-    """A hash of what ``call`` writes on the check's inputs, with booleans false and true."""
+def fingerprint(call: Callable[[list], Any], slots: list, kinds: list) -> str:
+    """A hash of what ``call`` writes on the check's inputs, with booleans false and true.
+    ``kinds``: each input's (dtype name, rank), None for the size."""
     digest = hashlib.sha256()
     for flag in (False, True):
         inputs = _check_inputs(slots, kinds, flag)
@@ -244,7 +245,7 @@ def save(key: dict[str, str], call: Callable[[list], Any], slots: list, example_
             for i, lib in enumerate(libraries):
                 shutil.copyfile(lib, tmp / f"k{i}.so")
             (tmp / "wrapper.py").write_text(source)
-            meta = {"key": key, "slots": slots, "kinds": kinds, "fingerprint": _fingerprint(call, slots, kinds),
+            meta = {"key": key, "slots": slots, "kinds": kinds, "fingerprint": fingerprint(call, slots, kinds),
                     "libraries": len(libraries)}
             (tmp / "entry.json").write_text(json.dumps(meta))
             try:
@@ -344,7 +345,7 @@ def load(key: dict[str, str]) -> Optional[tuple[Callable[[list], Any], list]]:
                 scope[alias or name] = _Missing(name)
         exec(compile(_IMPORT.sub("", source), str(entry / "wrapper.py"), "exec"), scope)  # noqa: S102
         call, slots = scope["call"], [None if s is None else tuple(s) for s in meta["slots"]]
-        if _fingerprint(call, slots, meta["kinds"]) != meta["fingerprint"]:
+        if fingerprint(call, slots, meta["kinds"]) != meta["fingerprint"]:
             raise _private.PrivateAPIError("a stored kernel does not compute what it computed when saved")
         return call, slots
     except Exception as exc:  # noqa: BLE001 - torn, corrupted or foreign: compile instead

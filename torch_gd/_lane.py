@@ -39,8 +39,11 @@ class Lane:
         self.params = params
         self.addresses = [e.address for e in entries]
         self.strides = [e.stride for e in entries]
-        # Grads are viewed 1-D at C speed where every param is contiguous; otherwise per param.
+        # Where every param is contiguous, grads are checked at C speed and passed as they are
+        # to calls that read them by address (``Prepared.any_shape``), else viewed 1-D;
+        # otherwise they are checked and viewed per param.
         self.contiguous = all(e.contiguous for e in entries)
+        self.any_shape = all(w.plan.launch.any_shape for w in works)
         self.counters = counters
         self.spans = []
         lo = 0
@@ -59,7 +62,9 @@ class Lane:
             return None
         mine = self.pick(grads)
         if self.contiguous:
-            return list(map(_flat, mine)) if all(map(_contiguous, mine)) else None
+            if not all(map(_contiguous, mine)):
+                return None
+            return list(mine) if self.any_shape else list(map(_flat, mine))
         return direct_grads(self.entries, list(zip(params, mine)), checked=True)
 
     def run(self, grads: list[Tensor], scaled: bool, counts: dict[int, int]) -> None:

@@ -151,7 +151,8 @@ class Optimizer(torch.optim.Optimizer):
           call each) and ``prepared`` (whether those calls are prepared for steady fused steps);
         - ``kernels``: the fused kernels the groups use: ``rule``, ``statics`` (flags compiled
           in), ``dtype``, ``device``, ``direct`` (the callables called without dynamo, one per
-          call signature), ``dynamo_calls`` (calls through torch.compile's wrapper, in every
+          call signature), ``bare`` (call signatures whose prepared calls go straight to the
+          compiled C++ function), ``dynamo_calls`` (calls through torch.compile's wrapper, in every
           optimizer of the process) and ``loaded`` (call signatures loaded compiled from the
           on-disk kernel store instead of compiled in this process);
         - ``steps``: ``replayed`` (steps that found nothing changed and reran the last plan),
