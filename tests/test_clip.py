@@ -438,3 +438,19 @@ def test_grads_changed_in_place_after_the_clip_are_clipped():
         p.grad.mul_(0.25), q.grad.mul_(0.25)
     opt.step(), ref.step()
     assert_params_close(ours, theirs, **tol(torch.float32))
+
+
+def test_clip_every_step_with_a_group_per_param_follows_torch():
+    """Fused groups replayed together (one lane of prepared calls across groups) read each
+    step's clip factor, not the one of the step that prepared them; a param of one element,
+    whose calls are not prepared, runs beside them."""
+    ours, theirs = _params(torch.float32, seed=18, shapes=[*SHAPES, (5000,)])
+    opt = torch_gd.AdamW([{"params": [p]} for p in ours], lr=0.01, fused=True)
+    ref = torch.optim.AdamW([{"params": [p]} for p in theirs], lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(19)
+    for step in range(7):
+        _grads(ours, theirs, gen, scale=3.0 + step)
+        opt.clip_grad_norm(1.0), torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+        opt.step(), ref.step()
+        assert_params_close(ours, theirs, **tol(torch.float32))
+    assert opt.describe()["steps"]["replayed"] >= 3

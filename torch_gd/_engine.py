@@ -401,10 +401,15 @@ class Engine:
         if lane and lane_grads is None:
             self.forget_program()
             return False
-        for work, gs in zip(program.works, program.split(grads)):
+        # The groups that still run one by one: those without prepared large-param calls (the
+        # lane runs those calls), and the buckets of any group.
+        rest = lane.rest if lane else [(i, False) for i in range(len(program.works))]
+        bounds = program.bounds
+        for i, laned in rest:
+            work, gs = program.works[i], grads[bounds[i]:bounds[i + 1]]
             plan = work.plan
             work.packed = {b: b.take(gs) for b in plan.buckets}
-            if lane and work.direct:
+            if laned:
                 continue
             work.loose = list(zip(plan.take_loose(plan.params), plan.take_loose(gs)))
             if work.direct:
@@ -414,14 +419,15 @@ class Engine:
                     self.forget_program()
                     return False
         if lane:
-            lane.run(lane_grads, self._scaled, self.counts if self.spec.uses_step else self._private_counts)
+            lane.run(lane_grads, amp, self._scaled, self.counts if self.spec.uses_step else self._private_counts)
             self.counts_of["prepared"] += len(lane.works)
-        for work in program.works:
+        for i, laned in rest:
+            work = program.works[i]
             if work.fused is not None:
                 work.fused.load_amp(*amp)
             else:
                 work.clip = clip
-            if lane and work.direct:
+            if laned:
                 for b, gs in work.packed.items():
                     self._run_whole(b, gs, work)
             else:
@@ -433,11 +439,13 @@ class Engine:
     def _build_lane(self, program: Program, state: Any) -> Any:
         """The lane of ``program``'s prepared large-param calls (``_lane``), its works' step
         counters made views of one tensor where they share a device and dtype; False where
-        there is none to build (no such calls, or ones the lane cannot run: GradScaler
-        histories, calls not prepared)."""
-        works = [w for w in program.works if w.direct]
-        if not works or self._amp_tags or any(w.plan.launch is None or not w.plan.launch.fits(w.fused) for w in works):
-            self._lane = False if not works or self._amp_tags else None
+        there is none to build for this program (no such calls, or GradScaler histories that
+        differ between params)."""
+        # Groups whose calls could not be prepared (a param of one element) or were prepared
+        # for other numbers' names run one by one (``_run_direct``).
+        works = [w for w in program.works if w.direct and w.plan.launch is not None and w.plan.launch.fits(w.fused)]
+        if not works or self._amp_tags:
+            self._lane = False
             return False
         params = [p for w in works for p in w.plan.take_loose(w.plan.params)]
         ids = {id(p): i for i, p in enumerate(program.params)}
@@ -452,11 +460,13 @@ class Engine:
                 w.plan.launch = w.fused.prepare(_launch_items(w.plan.direct))
                 lo = hi
             if any(w.plan.launch is None for w in works):
-                self._lane = None
+                self._lane = False  # they run one by one, preparing their calls anew
                 return False
         elif len(works) == 1:
             shared = counters[0]
-        self._lane = Lane(works, params, [ids[id(p)] for p in params], shared)
+        inside = {id(w) for w in works}
+        rest = [(i, id(w) in inside) for i, w in enumerate(program.works) if id(w) not in inside or w.plan.buckets]
+        self._lane = Lane(works, params, [ids[id(p)] for p in params], shared, rest)
         return self._lane
 
     def _share_counters(self, plan: _Plan, counters: Tensor, state: Any) -> None:

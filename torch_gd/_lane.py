@@ -31,8 +31,12 @@ class Lane:
     order: which of the step's grads they take (``pick``), what must still hold of their params,
     and the one counter tensor they advance, if their counters share a device and dtype."""
 
-    def __init__(self, works: list[Any], params: list[Tensor], positions: list[int], counters: Optional[Tensor]) -> None:
+    def __init__(self, works: list[Any], params: list[Tensor], positions: list[int], counters: Optional[Tensor],
+                 rest: list[tuple[int, bool]]) -> None:
         self.works = works
+        # The program's works that still run one by one, by index, each with whether it is in
+        # the lane (then only its buckets run one by one).
+        self.rest = rest
         self.pick: Callable[[list], Any] = operator.itemgetter(*positions) if len(positions) > 1 else (
             lambda xs, i=positions[0]: (xs[i],))
         self.entries = entries = [e for w in works for e in w.plan.direct]
@@ -67,15 +71,20 @@ class Lane:
             return list(mine) if self.any_shape else list(map(_flat, mine))
         return direct_grads(self.entries, list(zip(params, mine)), checked=True)
 
-    def run(self, grads: list[Tensor], scaled: bool, counts: dict[int, int]) -> None:
-        """Every call: the counters advanced, each group's numbers loaded (computed once for
-        groups with the same settings and count), its kernels run, the host counts (``counts``)
-        and the version counters of what was written bumped."""
+    def run(self, grads: list[Tensor], amp: tuple[Optional[Tensor], Optional[Tensor]], scaled: bool,
+            counts: dict[int, int]) -> None:
+        """Every call, with this step's GradScaler (or folded clip) tensors ``amp``: the counters
+        advanced, each group's numbers loaded (computed once for groups with the same settings
+        and count), its kernels run, the host counts (``counts``) and the version counters of
+        what was written bumped."""
         if self.counters is not None:
             self.counters.add_(1)
+        given = amp != (None, None)
         shared: dict[tuple, dict[str, Any]] = {}
         for work, lo, hi in self.spans:
             plan, fused = work.plan, work.fused
+            if given:
+                fused.load_amp(*amp)
             if self.counters is None:
                 plan.direct_counters.add_(1) if plan.direct_counters is not None else torch._foreach_add_(plan.direct_steps, 1)
             count = plan.direct_count + 1
@@ -89,7 +98,8 @@ class Lane:
             run = plan.launch.run
             for i, g in enumerate(grads[lo:hi]):
                 run(i, g)
-            fused.wind_back([plan.direct_counters] if plan.direct_counters is not None else plan.direct_steps)
+            if fused.found_inf is not None:
+                fused.wind_back([plan.direct_counters] if plan.direct_counters is not None else plan.direct_steps)
             counts.update(dict.fromkeys(plan.direct_ids, count))
             plan.direct_count = count
         increment_version(self.written)
