@@ -162,13 +162,23 @@ class _Plan:
     direct: Optional[list["_Direct"]] = None
     direct_count: Optional[int] = None
     direct_ids: list[int] = field(default_factory=list)
-    direct_steps: list[Tensor] = field(default_factory=list)
     # Their kernel calls prepared for the flags and numbers of the step that prepared them.
     launch: Optional[Prepared] = None
     # The last fused step's call (flags, numbers, kernels), reused while they are the same.
     call: Optional[Call] = None
     # The step counters of ``direct``, as one tensor when they share a device and dtype.
     direct_counters: Optional[Tensor] = None
+
+    def counters(self) -> list[Tensor]:
+        """The tensors holding ``direct``'s step counters: one, or one per param."""
+        return [self.direct_counters] if self.direct_counters is not None else [e.step for e in self.direct]
+
+    def advance(self) -> None:
+        """Advance ``direct``'s step counters by one step."""
+        if self.direct_counters is not None:
+            self.direct_counters.add_(1)
+        else:
+            torch._foreach_add_(self.counters(), 1)
 
 
 @dataclass(eq=False)
@@ -307,8 +317,8 @@ class Engine:
         self._rounds = torch.zeros((), dtype=torch.int64)
         self._program: Optional[Program] = None
         # The recorded program's large-param calls across groups (``_lane``): None until built
-        # at its first replay, False where it has none.
-        self._lane: Any = None
+        # at its first replay.
+        self._lane: Optional[Lane] = None
         # Steps run by the recorded program, by the checked path, and group steps whose fused
         # kernels ran from prepared calls (``describe``).
         self.counts_of = {"replayed": 0, "checked": 0, "prepared": 0}
@@ -397,15 +407,12 @@ class Engine:
             return False
         lane = self._lane if self._lane is not None else self._build_lane(program, state)
         # Every check before the first write: a large param rebound since (``p.data = ...``).
-        lane_grads = lane.grads(grads) if lane else None
-        if lane and lane_grads is None:
+        lane_grads = lane.grads(grads)
+        if lane_grads is None:
             self.forget_program()
             return False
-        # The groups that still run one by one: those without prepared large-param calls (the
-        # lane runs those calls), and the buckets of any group.
-        rest = lane.rest if lane else [(i, False) for i in range(len(program.works))]
         bounds = program.bounds
-        for i, laned in rest:
+        for i, laned in lane.rest:
             work, gs = program.works[i], grads[bounds[i]:bounds[i + 1]]
             plan = work.plan
             work.packed = {b: b.take(gs) for b in plan.buckets}
@@ -418,39 +425,34 @@ class Engine:
                 if work.direct_grads is None:
                     self.forget_program()
                     return False
-        if lane:
-            lane.run(lane_grads, amp, self._scaled, self.counts if self.spec.uses_step else self._private_counts)
-            self.counts_of["prepared"] += len(lane.works)
-        for i, laned in rest:
+        lane.run(lane_grads, amp, self._scaled, self.counts if self.spec.uses_step else self._private_counts)
+        self.counts_of["prepared"] += len(lane.works)
+        for i, laned in lane.rest:
             work = program.works[i]
-            if work.fused is not None:
-                work.fused.load_amp(*amp)
-            else:
-                work.clip = clip
-            if laned:
+            if laned:  # the lane has loaded its GradScaler or clip tensors
                 for b, gs in work.packed.items():
                     self._run_whole(b, gs, work)
             else:
+                if work.fused is not None:
+                    work.fused.load_amp(*amp)
+                else:
+                    work.clip = clip
                 self.execute(work, state)
             work.release()
         self.counts_of["replayed"] += 1
         return True
 
-    def _build_lane(self, program: Program, state: Any) -> Any:
+    def _build_lane(self, program: Program, state: Any) -> Lane:
         """The lane of ``program``'s prepared large-param calls (``_lane``), its works' step
-        counters made views of one tensor where they share a device and dtype; False where
-        there is none to build for this program (no such calls, or GradScaler histories that
-        differ between params)."""
+        counters made views of one tensor where they share a device and dtype; an empty one
+        where there are none it can run (GradScaler histories that differ between params)."""
         # Groups whose calls could not be prepared (a param of one element) or were prepared
         # for other numbers' names run one by one (``_run_direct``).
         works = [w for w in program.works if w.direct and w.plan.launch is not None and w.plan.launch.fits(w.fused)]
-        if not works or self._amp_tags:
-            self._lane = False
-            return False
-        params = [p for w in works for p in w.plan.take_loose(w.plan.params)]
-        ids = {id(p): i for i, p in enumerate(program.params)}
+        if self._amp_tags:
+            works = []
         counters = [w.plan.direct_counters for w in works]
-        shared = None
+        shared = counters[0] if len(works) == 1 else None
         if len(works) > 1 and all(c is not None for c in counters) and len({(c.device, c.dtype) for c in counters}) == 1:
             shared = torch.cat(counters)
             lo = 0
@@ -460,13 +462,12 @@ class Engine:
                 w.plan.launch = w.fused.prepare(_launch_items(w.plan.direct))
                 lo = hi
             if any(w.plan.launch is None for w in works):
-                self._lane = False  # they run one by one, preparing their calls anew
-                return False
-        elif len(works) == 1:
-            shared = counters[0]
+                works, shared = [], None  # they run one by one, preparing their calls anew
+        params = [p for w in works for p in w.plan.take_loose(w.plan.params)]
+        ids = {id(p): i for i, p in enumerate(program.params)}
         inside = {id(w) for w in works}
         rest = [(i, id(w) in inside) for i, w in enumerate(program.works) if id(w) not in inside or w.plan.buckets]
-        self._lane = Lane(works, params, [ids[id(p)] for p in params], shared, rest)
+        self._lane = Lane(works, params, _picker([ids[id(p)] for p in params]), shared, rest)
         return self._lane
 
     def _share_counters(self, plan: _Plan, counters: Tensor, state: Any) -> None:
@@ -481,7 +482,6 @@ class Engine:
                 self._step_seen[id(p)] = view
             else:
                 self._steps[id(p)] = view
-        plan.direct_steps = [e.step for e in plan.direct]
 
     # ---------------------------------------------------------------- planning
 
@@ -762,21 +762,17 @@ class Engine:
             self._share_counters(plan, torch.stack([e.step for e in entries]), state)
         plan.direct_count = counts.pop()
         plan.direct_ids = [id(p) for p in loose]
-        plan.direct_steps = [e.step for e in entries]
         plan.launch = fused.prepare(_launch_items(entries))
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
         prepared by ``_prepare_direct``, and one op advancing every step counter."""
         plan, entries, grads = work.plan, work.plan.direct, work.direct_grads
-        if plan.direct_counters is not None:
-            plan.direct_counters.add_(1)
-        else:
-            torch._foreach_add_(plan.direct_steps, 1)
+        plan.advance()
         count = plan.direct_count + 1
         if plan.launch is not None and plan.launch.fits(work.fused):
             plan.launch(work.fused, grads, count, None if self._scaled else count)
-            work.fused.wind_back([plan.direct_counters] if plan.direct_counters is not None else plan.direct_steps)
+            work.fused.wind_back(plan.counters())
             self.counts_of["prepared"] += 1
         else:
             for e, g, pid in zip(entries, grads, plan.direct_ids):

@@ -191,7 +191,6 @@ class _Kernel:
         if self._captured is not None:
             self.direct[signature] = self._captured
 
-
     def bare(self, signature: tuple, inputs: list) -> Optional[tuple[Callable[..., Any], tuple[int, ...]]]:
         """The C++ function behind the direct call for ``signature`` and the order it takes the
         call's ``inputs`` in (``_private.bare_kernel``; their kinds are what matters), checked
@@ -512,6 +511,8 @@ class Call:
             if hit is None:
                 return None
             call, slots = hit
+            # A grad given at each step is stood in for by its param (the same dtype and rank),
+            # so that ``bare`` sees every input's kind.
             inputs = _inputs(slots, (p, p if g is None else g, states, boxes[kind], *self._amp(p.device)))
             at = slots.index((1, None)) if g is None and (1, None) in slots else None
             bare = compiled.bare(signature, inputs)

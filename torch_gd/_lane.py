@@ -14,7 +14,6 @@ from __future__ import annotations
 import operator
 from typing import Any, Callable, Optional
 
-import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
@@ -27,18 +26,18 @@ _flat = operator.methodcaller("view", -1)
 
 
 class Lane:
-    """The prepared large-param calls of ``works`` (the fused works of a program with them), in
-    order: which of the step's grads they take (``pick``), what must still hold of their params,
-    and the one counter tensor they advance, if their counters share a device and dtype."""
+    """The prepared large-param calls of ``works`` (the fused works of a program with them, or
+    none), in order: which of the step's grads they take (``pick``), what must still hold of
+    their params, and the one counter tensor they advance, if their counters share a device and
+    dtype."""
 
-    def __init__(self, works: list[Any], params: list[Tensor], positions: list[int], counters: Optional[Tensor],
+    def __init__(self, works: list[Any], params: list[Tensor], pick: Callable[[list], Any], counters: Optional[Tensor],
                  rest: list[tuple[int, bool]]) -> None:
         self.works = works
         # The program's works that still run one by one, by index, each with whether it is in
         # the lane (then only its buckets run one by one).
         self.rest = rest
-        self.pick: Callable[[list], Any] = operator.itemgetter(*positions) if len(positions) > 1 else (
-            lambda xs, i=positions[0]: (xs[i],))
+        self.pick = pick
         self.entries = entries = [e for w in works for e in w.plan.direct]
         self.params = params
         self.addresses = [e.address for e in entries]
@@ -87,7 +86,7 @@ class Lane:
             if given:
                 fused.load_amp(*amp)
             if self.counters is None:
-                plan.direct_counters.add_(1) if plan.direct_counters is not None else torch._foreach_add_(plan.direct_steps, 1)
+                plan.advance()
             count = plan.direct_count + 1
             values = None
             if not scaled and fused.values_key is not None:
@@ -100,10 +99,11 @@ class Lane:
             for i, g in enumerate(grads[lo:hi]):
                 run(i, g)
             if fused.found_inf is not None:
-                fused.wind_back([plan.direct_counters] if plan.direct_counters is not None else plan.direct_steps)
+                fused.wind_back(plan.counters())
             counts.update(dict.fromkeys(plan.direct_ids, count))
             plan.direct_count = count
-        increment_version(self.written)
+        if self.written:
+            increment_version(self.written)
 
 
 def direct_grads(entries: list[Any], loose: list[tuple[Tensor, Tensor]], checked: bool) -> Optional[list[Tensor]]:

@@ -120,8 +120,3 @@ class Program:
         work.kw.update(hyper)
         self.values[i] = values
         return True
-
-    def split(self, grads: list[Tensor]) -> list[list[Tensor]]:
-        """``grads`` per group."""
-        b = self.bounds
-        return [grads[b[i]:b[i + 1]] for i in range(len(self.groups))]
