@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import torch_gd
-from torch_gd import _engine, _private
+from torch_gd import _engine, _lane, _private
 
 from .helpers import assert_params_close, assert_state_close, pack_max_numel
 
@@ -199,6 +199,27 @@ def test_the_steady_state_path_sees_every_change_between_steps(name, kw, fused, 
         tol = dict(rtol=1.3e-6, atol=1e-6) if fused else dict(rtol=0, atol=0)
         assert_params_close(ours, theirs, **tol)
         assert_state_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_replayed_fused_step_leaves_the_thread_count_as_the_user_set_it(threads):
+    """The lane runs small params' kernels on one thread (``_lane.SERIAL_MAX_NUMEL``) and
+    large ones on torch's threads: the user's setting holds for both and after the step."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = [torch.nn.Parameter(torch.randn(n)) for n in (3, 100, _lane.SERIAL_MAX_NUMEL + 1)]
+        theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+        a = torch_gd.SGD(ours, lr=0.1, momentum=0.9, fused=True)
+        b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, fused=True)
+        for step in range(4):
+            _grads(ours, step), _grads(theirs, step)
+            a.step(), b.step()
+            assert torch.get_num_threads() == threads
+        assert a.describe()["steps"]["replayed"] == 2
+        assert_params_close(ours, theirs, rtol=1.3e-6, atol=1e-6)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_params_reordered_in_their_group_keep_their_own_grads():

@@ -13,7 +13,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from torch_gd import _engine
+import torch_gd
+from torch_gd import _engine, _private
 
 from .helpers import assert_params_close, assert_state_close, clone_kwargs, needs_cuda_build, pack_max_numel, tol
 from .registry import CASES
@@ -317,6 +318,54 @@ def test_sparse_grads(case, foreach):
             e(torch.tensor(idx)).pow(2).sum().backward()
             o.step()
         assert_params_close([dense, emb.weight], [dense_ref, emb_ref.weight])
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private-apis", "public"])
+def test_the_step_wrapper_calls_hooks_and_names_the_profiler_range_as_torchs(private):
+    """``step`` runs inside torch's wrapper, made lean (``_private.profile_hook_step``): the same
+    hooks in the same order, a pre-hook's new arguments, its error, and the profiler's range."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    def run(make):
+        model = torch.nn.Linear(3, 2)
+        opt = make(model.parameters(), lr=0.1)
+        calls = []
+
+        def closure():
+            calls.append("closure")
+            opt.zero_grad()
+            loss = model(torch.ones(1, 3)).sum()
+            loss.backward()
+            return loss
+
+        handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+                   register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post", len(a)))),
+                   opt.register_step_pre_hook(lambda o, a, k: calls.append("pre")),
+                   # A pre-hook may hand the step new arguments: here, a closure.
+                   opt.register_step_pre_hook(lambda o, a, k: ((o, closure), k)),
+                   opt.register_step_post_hook(lambda o, a, k: calls.append(("post", len(a))))]
+        try:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for _ in range(4):  # the checked steps and the replayed ones
+                    opt.step()
+            bad = opt.register_step_pre_hook(lambda o, a, k: "neither")
+            with pytest.raises(RuntimeError, match="must return None or a tuple of"):
+                opt.step()
+            bad.remove()
+        finally:
+            for h in handles:
+                h.remove()
+        names = [e.name for e in prof.events() if e.name.startswith("Optimizer.step#")]
+        return calls, names, [p.detach() for p in model.parameters()]
+
+    with _private.switched(private):
+        torch.manual_seed(0)
+        ours = run(torch_gd.SGD)
+    torch.manual_seed(0)
+    theirs = run(torch.optim.SGD)
+    assert ours[0] == theirs[0]
+    assert ours[1] == ["Optimizer.step#SGD.step"] * 4 == theirs[1]
+    assert_params_close(ours[2], theirs[2])
 
 
 @cases

@@ -586,7 +586,7 @@ _MISSING = object()
 _NUMPY = (torch.float64, torch.float32, torch.bool)
 
 
-def _numpy_view(t: Tensor) -> Any:
+def numpy_view(t: Tensor) -> Any:
     """A NumPy array sharing ``t``'s memory, or None (a device tensor, a dtype NumPy cannot
     write, or NumPy not installed: torch does not require it)."""
     if t.device.type != "cpu" or t.dtype not in _NUMPY:
@@ -611,7 +611,7 @@ class _Boxes(dict):
         for keys in by_dtype.values():
             base = torch.stack([values[k].reshape(()) for k in keys])
             self.update(zip(keys, base.unbind()))
-            array = _numpy_view(base) if self._writers is not None else None
+            array = numpy_view(base) if self._writers is not None else None
             if array is None:
                 self._writers = None
             else:
@@ -624,6 +624,23 @@ class _Boxes(dict):
         for array, keys in self._writers:
             array[:] = [values[k] for k in keys]
         return True
+
+
+def run_call(call: tuple[Callable[..., Any], list, Optional[int], bool], g: Optional[Tensor]) -> None:
+    """One prepared call (``Prepared.calls``), with its grad ``g`` where it takes one."""
+    kernel, inputs, at, bare = call
+    if bare:  # the C++ function itself, which takes its inputs as arguments
+        if at is None:
+            kernel(*inputs)
+        else:
+            args = inputs.copy()
+            args[at] = g
+            kernel(*args)
+        return
+    inputs = inputs.copy()  # the generated ``call`` empties the list it is given
+    if at is not None:
+        inputs[at] = g
+    kernel(inputs)
 
 
 class Prepared:
@@ -670,19 +687,7 @@ class Prepared:
     def run(self, i: int, g: Optional[Tensor] = None) -> None:
         """Call ``i``, with its grad when it was prepared without one (1-D, or of any shape
         with contiguous elements where ``any_shape``)."""
-        kernel, inputs, at, bare = self.calls[i]
-        if bare:  # the C++ function itself, which takes its inputs as arguments
-            if at is None:
-                kernel(*inputs)
-            else:
-                args = inputs.copy()
-                args[at] = g
-                kernel(*args)
-            return
-        inputs = inputs.copy()  # the generated ``call`` empties the list it is given
-        if at is not None:
-            inputs[at] = g
-        kernel(inputs)
+        run_call(self.calls[i], g)
 
     def bump(self) -> None:
         """Bump the version counters of what the calls wrote, as an in-place op would."""

@@ -233,6 +233,56 @@ def is_fake(t: Tensor) -> bool:
     return _is_fake(t)
 
 
+def profile_hook_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    """torch's ``Optimizer.profile_hook_step`` (the wrapper every optimizer's ``step`` gets:
+    the profiler's ``Optimizer.step#<class>.step`` range, then the global and the optimizer's
+    step pre- and post-hooks), at a fraction of its cost. torch's enters
+    ``torch.autograd.profiler.record_function`` (~6 µs on the CPU) and walks four hook dicts
+    through ``itertools.chain`` (~15 µs a step in all); this one enters the same range through
+    ``_RecordFunctionFast`` (~0.3 µs), which every profiler and ``RecordFunction`` observer sees
+    alike, and walks the hooks only where some are registered (~2 µs in all). Traced by dynamo,
+    or with the fast paths off, torch's own wrapper runs."""
+    hooked = torch.optim.Optimizer.profile_hook_step(step)
+    try:
+        from torch.optim import optimizer as torch_optimizer
+
+        fast_range = torch._C._profiler._RecordFunctionFast
+        global_pre = torch_optimizer._global_optimizer_pre_hooks
+        global_post = torch_optimizer._global_optimizer_post_hooks
+    except (ImportError, AttributeError) as exc:
+        report("the lean step wrapper", exc)
+        return hooked
+    names: dict[type, str] = {}
+
+    @functools.wraps(step)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not _enabled or torch.compiler.is_compiling():
+            return hooked(*args, **kwargs)
+        self = args[0]
+        cls = type(self)
+        name = names.get(cls)
+        if name is None:
+            name = names[cls] = f"Optimizer.step#{cls.__name__}.step"
+        with fast_range(name):
+            if global_pre or self._optimizer_step_pre_hooks:
+                for pre_hook in (*global_pre.values(), *self._optimizer_step_pre_hooks.values()):
+                    result = pre_hook(self, args, kwargs)
+                    if result is not None:
+                        if isinstance(result, tuple) and len(result) == 2:
+                            args, kwargs = result
+                        else:
+                            raise RuntimeError(f"{step} must return None or a tuple of (new_args, new_kwargs), "
+                                               f"but got {result}.")
+            out = step(*args, **kwargs)
+            self._optimizer_step_code()
+            if self._optimizer_step_post_hooks or global_post:
+                for post_hook in (*self._optimizer_step_post_hooks.values(), *global_post.values()):
+                    post_hook(self, args, kwargs)
+            return out
+
+    return wrapper
+
+
 def use_grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
     """torch's decorator for ``Optimizer.step`` (grad mode as the ``differentiable`` default
     says, with graph breaks around the step) where dynamo traces the step; elsewhere the grad

@@ -64,6 +64,9 @@ class Optimizer(torch.optim.Optimizer):
     _clip: Optional[PendingClip] = None
     # Whether a loaded checkpoint's fp32 masters are still to be checked against their params.
     _check_masters: bool = False
+    # What torch wraps ``step`` in at construction (the profiler's range and the step hooks):
+    # its own, made lean (``_private.profile_hook_step``).
+    profile_hook_step = staticmethod(_private.profile_hook_step)
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, check_finite: bool = False,
                  param_update: Optional[str] = None, state_dtype: Optional[torch.dtype] = None,
