@@ -10,7 +10,8 @@ harness (``torch_gd.benchmark``) timing every case interleaved with torch's:
 AdamW and SGD, 15 rounds, no peak-memory or compile-time subprocesses. Writes
 results/fixed_cost_cpu.json (the harness's rows, each with its ``groups``) and prints our step
 time over torch's on the small sets, and per layout each path's time over its own one-group
-time and ours over torch's counterpart with the same groups.
+time (both timed in the same rounds: the machine's drift between cases would otherwise decide
+the ratio) and ours over torch's counterpart with the same groups.
 
     python benchmarks/fixed_cost.py        # long: resnet50 and vit_b_16 under four layouts
     python benchmarks/fixed_cost.py --rounds 2 --small-sets lenet --group-sets lenet --groups two \\
@@ -86,7 +87,7 @@ def _part(args: argparse.Namespace, set_names: Sequence[str], impls: Sequence[st
         return None
     config = Config(optimizers=args.optimizers, sets=set_names, impls=impls, groups=layouts, device="cpu",
                     rounds=args.rounds, steps_per_round=args.steps_per_round, memory=False, compile_time=False,
-                    timer=args.timer)
+                    timer=args.timer, paired_one=True)
     return run(config, command)
 
 
@@ -117,11 +118,11 @@ def small_table(rows: list[dict[str, Any]]) -> str:
 
 
 def groups_table(rows: list[dict[str, Any]]) -> str:
-    """Each path's step time over its own with one group, and ours over torch's counterpart
-    with the same groups."""
+    """Each path's step time over its own with one group (timed in the same rounds where the
+    row has ``one_group_ms``), and ours over torch's counterpart with the same groups."""
     medians = _medians(rows)
     body = [[r["optimizer"], r["set"], r["groups"], str(r["param_groups"]), r["impl"], f"{r['median_ms']:.3g}",
-             _ratio(r, medians, "one", r["impl"]),
+             f"{r['median_ms'] / r['one_group_ms']:.2f}" if r.get("one_group_ms") else _ratio(r, medians, "one", r["impl"]),
              _ratio(r, medians, r["groups"], COUNTERPART[r["impl"]]) if r["impl"] in COUNTERPART else ""]
             for r in rows]
     return _text("Param-group layouts: step time over the same path's with one group, and ours over torch's "

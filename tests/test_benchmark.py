@@ -35,7 +35,7 @@ ROW_TYPES = {
     "device": str, "dtype": str, "median_ms": float, "iqr_ms": float, "vs_torch_best": (float, type(None)),
     "vs_torch_best_eager": (float, type(None)), "bytes_per_step": int, "gb_per_s": float,
     "bandwidth_fraction": float, "peak_growth_mb": (float, type(None)), "first_step_s": (float, type(None)),
-    "second_step_ms": (float, type(None)),
+    "second_step_ms": (float, type(None)), "one_group_ms": (float, type(None)),
 }
 META_TYPES = {"torch_gd": str, "torch": str, "device": str, "device_name": str, "dtype": str, "threads": int,
               "machine": str, "command": str, "rounds": int, "steps_per_round": int, "timer": str, "notes": list,
@@ -501,5 +501,8 @@ def test_fixed_cost_script_records_small_sets_and_layouts(tmp_path, capsys):
         ("mlp-policy", "one", i) for i in optimizers.IMPLS} | {
         ("lenet", kind, i) for kind in ("one", "tensor") for i in script.GROUP_IMPLS}
     assert [t["set"] for t in result["triad"]] == ["mlp-policy", "lenet"]
+    # A layout's rows carry their own one-group time, taken in the same rounds; one group's do not.
+    for r in result["rows"]:
+        assert (r["one_group_ms"] is not None) == (r["groups"] == "tensor"), r
     printed = capsys.readouterr().out
     assert "/torch fused" in printed and "/one group" in printed and str(out) in printed

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from . import _checks, _fused, _ops, _precision
 from ._clip import PendingClip
+from ._counts import StepCounts
 from . import _private
 from ._private import is_fake
 from ._ops import real_view
@@ -57,7 +58,7 @@ FUSED_PACK_MIN_PARAMS = 16
 # the buffer costs a chunk rather than a copy of the params.
 CHUNK_NUMEL = 1 << 18
 # ``_Bucket.uniform`` after steps traced by dynamo: every param of the bucket at one step count,
-# which only the step tensors hold (``Engine._stale``).
+# which only the step tensors hold (``StepCounts.stale``).
 _ON_DEVICE = -1
 
 
@@ -287,34 +288,11 @@ class Engine:
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        # Steps taken per param, mirrored on the host so that grouping params by step count
-        # and non-capturable bias corrections never read a device tensor.
-        self.counts: dict[int, int] = {}  # by id(param): ints hash faster than tensors
+        self.counts = StepCounts(spec.uses_step)
         self.sparse: set[int] = set()
         self._plans: dict[int, _Plan] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._scratch_views: dict[int, Tensor] = {}
-        self._steps: dict[int, Tensor] = {}
-        self._private_counts: dict[int, int] = {}
-        # The ``step`` tensor each per-tensor param had when we last counted it.
-        self._step_seen: dict[int, Tensor] = {}
-        # GradScaler may skip a fused step on the device, unknown to the host counts: params
-        # that took part in different such steps may have equal host counts and different real
-        # ones. Each param's tag names the GradScaler steps it took part in (none: absent), so
-        # that only params with one history share a run or a step's numbers.
-        self._amp_tags: dict[int, int] = {}
-        self._amp_steps = 0
-        # Whether GradScaler ever took part: until then the host counts are the device ones,
-        # and a steady fused step's numbers are computed on the host (``Prepared.refresh``).
-        self._scaled = False
-        # Steps traced by dynamo (a user's ``torch.compile`` around ``step()``) advance the step
-        # tensors and leave the host counts behind: dynamo would guard on each count and compile
-        # the step anew for every value. They set this; the next eager step reads the counts back.
-        self._stale = False
-        # Steps of eager groups with a precision policy, for rules without a step count: the
-        # counter stochastic rounding's random bits are drawn at. A tensor, so that a compiled
-        # step (torch.compile around ``step()``) reads it rather than guarding on its value.
-        self._rounds = torch.zeros((), dtype=torch.int64)
         self._program: Optional[Program] = None
         # The recorded program's large-param calls across groups (``_lane``): None until built
         # at its first replay.
@@ -425,7 +403,7 @@ class Engine:
                 if work.direct_grads is None:
                     self.forget_program()
                     return False
-        lane.run(lane_grads, amp, self._scaled, self.counts if self.spec.uses_step else self._private_counts)
+        lane.run(lane_grads, amp, self.counts.scaled, self.counts.host)
         self.counts_of["prepared"] += len(lane.works)
         for i, laned in lane.rest:
             work = program.works[i]
@@ -449,7 +427,7 @@ class Engine:
         # Groups whose calls could not be prepared (a param of one element) or were prepared
         # for other numbers' names run one by one (``_run_direct``).
         works = [w for w in program.works if w.direct and w.plan.launch is not None and w.plan.launch.fits(w.fused)]
-        if self._amp_tags:
+        if self.counts.diverged:
             works = []
         counters = [w.plan.direct_counters for w in works]
         shared = counters[0] if len(works) == 1 else None
@@ -479,9 +457,7 @@ class Engine:
             e.step = view
             if self.spec.uses_step:
                 repoint(state[p], "step", view)
-                self._step_seen[id(p)] = view
-            else:
-                self._steps[id(p)] = view
+            self.counts.seen(id(p), view)
 
     # ---------------------------------------------------------------- planning
 
@@ -573,7 +549,7 @@ class Engine:
                 elif _precision.init(k, real_view(views[i][k]), real_view(p.detach())):
                     st[k] = views[i][k]  # a policy set since the param's first step
             if steps is not None:
-                steps[i] = self._count(p, st) if self.spec.uses_step else 1
+                steps[i] = self.counts.read(id(p), st) if self.spec.uses_step else 1
             if self.spec.uses_step:
                 st["step"] = step_views[i]
         probes = [v[keys[0]] for v in views] if keys else step_views
@@ -620,8 +596,11 @@ class Engine:
         fused group's is folded into ``amp``).
         """
         on_device = bool(group.get("capturable") or group.get("fused"))
-        if self._stale and not torch.compiler.is_compiling():
-            self._recount()
+        if self.counts.stale and not torch.compiler.is_compiling():
+            # The plans were built on the host counts traced steps left behind: re-packing
+            # reads each param's count back from its ``step``, once (as after a load).
+            self.counts.forget()
+            self.invalidate()
         plan = self._plan(gi, group, keys, on_device, state, hyper)
         complete = len(params) == len(plan.params)
         split = self._steady(plan, params, grads, state, metas) if complete else None
@@ -659,7 +638,7 @@ class Engine:
         fused = None
         if group.get("fused"):
             if amp[1] is not None:  # a step may be skipped on the device
-                self._scaled = True
+                self.counts.scaled = True
             fused = plan.call
             # The last step's call, where nothing it was built from has changed (its kernels
             # are then compiled for every kind of this plan's params).
@@ -676,7 +655,7 @@ class Engine:
     def execute(self, work: _Work, state: dict) -> None:
         if work.precise and work.fused is None and not self.spec.uses_step:
             # Stochastic rounding's step for rules without one (the fused kernels count on the device).
-            work.kw["noise_count"] = self._rounds.add_(1)
+            work.kw["noise_count"] = self.counts.rounds.add_(1)
         for b, items in work.packed.items():
             if work.whole:
                 self._run_whole(b, items, work)
@@ -689,42 +668,25 @@ class Engine:
                 self._run_one(p, g, work, state)
         # Once a step may have been skipped on the device (GradScaler, a clip's skip_nonfinite),
         # a step that some params sit out splits histories, found_inf or not.
-        if work.fused is not None and self._scaled and (self._amp_tags or not work.complete):
-            self._tag_amp_step(work)
+        if work.fused is not None and self.counts.scaled and (self.counts.diverged or not work.complete):
+            self._took_scaled_step(work)
         # A step that saw every param's state leaves the plan valid until the state changes.
         tracked = isinstance(state, State) and not state.untracked and work.complete
         if tracked and work.fused is not None and not work.direct and not torch.compiler.is_compiling():
             self._prepare_direct(work.plan, work.layout, state, work.fused)
         work.plan.version = state.version if tracked else None
 
-    def _recount(self) -> None:
-        """After steps traced by dynamo, forget the host counts and the plans built on them:
-        re-packing reads each param's count back from its ``step``, once (as after a load)."""
-        self.counts.clear()
-        self._private_counts.clear()
-        self.invalidate()
-        self._stale = False
-
-    def _tag_amp_step(self, work: _Work) -> None:
+    def _took_scaled_step(self, work: _Work) -> None:
         """Record that the params of ``work`` took part in this GradScaler step (see
-        ``_amp_tags``). A step that some params sat out may split histories: the large params'
-        prepared calls share one step's numbers, so they are dropped until every param has one
-        history again (``_prepare_direct``)."""
-        self._amp_steps += 1
-        tags = self._amp_tags
+        ``StepCounts.took_scaled_step``). A step that some params sat out may split histories:
+        the large params' prepared calls share one step's numbers, so they are dropped until
+        every param has one history again (``_prepare_direct``)."""
         stepped = [p for p, _ in work.loose]
         for b, items in work.packed.items():
             stepped += b.params if work.whole else [p for _, p, _, _ in items]
-        for p in stepped:
-            tags[id(p)] = hash((tags.get(id(p), 0), self._amp_steps))
+        self.counts.took_scaled_step(map(id, stepped))
         if not work.complete:
             work.plan.direct = work.plan.launch = None
-
-    def _shared(self, count: int, pid: int) -> Hashable:
-        """What a fused step's numbers are shared under between params (``Call.step_numbers``):
-        the host count, and once GradScaler steps have given params different histories, the
-        param's history with it."""
-        return (count, self._amp_tags.get(pid, 0)) if self._amp_tags else count
 
     def _prepare_direct(self, plan: _Plan, layout: Callable[[torch.dtype], dict], state: dict, fused: Call) -> None:
         """After a fused step that saw every param, prepare the per-tensor params' kernel calls,
@@ -740,12 +702,8 @@ class Engine:
             tensors = {k: st.get(k) for k in layout(p.dtype)}
             if flat is None or any(t is None or t.stride() != p.stride() for t in tensors.values()):
                 return
-            if self.spec.uses_step:
-                step = st.get("step")
-                counts.add(self.counts.get(id(p)))
-            else:
-                step = self._steps.get(id(p))
-                counts.add(self._private_counts.get(id(p)))
+            step = st.get("step") if self.spec.uses_step else self.counts.counters.get(id(p))
+            counts.add(self.counts.host.get(id(p)))
             if step is None:
                 return
             states = {k: storage_order(t) for k, t in tensors.items()}
@@ -753,7 +711,7 @@ class Engine:
                                    states, step))
         if not entries or len(counts) > 1 or None in counts:
             return
-        if len({self._amp_tags.get(id(p), 0) for p in loose}) > 1:
+        if len({self.counts.history(id(p)) for p in loose}) > 1:
             return
         plan.direct = entries
         if len({(e.step.device, e.step.dtype) for e in entries}) == 1:
@@ -771,15 +729,14 @@ class Engine:
         plan.advance()
         count = plan.direct_count + 1
         if plan.launch is not None and plan.launch.fits(work.fused):
-            plan.launch(work.fused, grads, count, None if self._scaled else count)
+            plan.launch(work.fused, grads, count, None if self.counts.scaled else count)
             work.fused.wind_back(plan.counters())
             self.counts_of["prepared"] += 1
         else:
             for e, g, pid in zip(entries, grads, plan.direct_ids):
-                work.fused(e.p, g, e.states, e.step, self._shared(count, pid))
+                work.fused(e.p, g, e.states, e.step, self.counts.shared(count, pid))
             plan.launch = work.fused.prepare(_launch_items(entries))
-        counts = self.counts if self.spec.uses_step else self._private_counts
-        counts.update(dict.fromkeys(plan.direct_ids, count))
+        self.counts.set(plan.direct_ids, count)
         plan.direct_count = count
 
     def _steady(self, plan: _Plan, params: list[Tensor], grads: list[Tensor], state: dict, metas: list[tuple]):
@@ -815,8 +772,8 @@ class Engine:
             b.steps.add_(1)
             # A steady step follows a step of every param: for rules without a count, the step
             # taken now is not the first.
-            host = None if self._scaled else (count + 1 if self.spec.uses_step else 2)
-            launch.refresh(work.fused, self._shared(count + 1, b.ids[0]) if self.spec.uses_step else None, host)
+            host = None if self.counts.scaled else (count + 1 if self.spec.uses_step else 2)
+            launch.refresh(work.fused, self.counts.shared(count + 1, b.ids[0]) if self.spec.uses_step else None, host)
         self._run_range(b, 0, len(b.params), False, count, work, grads, direct, launch)
         if launch is not None:
             work.fused.wind_back([b.steps])
@@ -829,9 +786,9 @@ class Engine:
         if direct is not None:
             direct.bump(b.params)
         if self.spec.uses_step and traced:
-            self._stale, b.uniform = True, _ON_DEVICE
+            self.counts.stale, b.uniform = True, _ON_DEVICE
         elif self.spec.uses_step:
-            self.counts.update(dict.fromkeys(b.ids, count + 1))
+            self.counts.set(b.ids, count + 1)
             b.uniform = count + 1
 
     def _split(self, plan: _Plan, params, grads, keys, state):
@@ -869,7 +826,7 @@ class Engine:
                 if current is None:
                     fresh = True
                 elif current is not b.probes[i] or (uses_step and st.get("step") is not b.step_views[i]):
-                    self.counts.pop(id(p), None)  # a replaced ``step`` is read again
+                    self.counts.reread(id(p))  # a replaced ``step`` is read again
                     return None
                 elif bkeys[-1] in _precision.BUFFERS and st.get(bkeys[-1]) is not b.views[i][bkeys[-1]]:
                     return None  # state made before the policy was set (Adagrad's): re-pack
@@ -884,19 +841,19 @@ class Engine:
         direct = _direct_copies(b) if work.fused is not None else None
         # Params that share a step count and freshness share one run of rule calls.
         class_at: list[Optional[tuple]] = [None] * len(b.params)
-        tags = self._amp_tags
+        counts = self.counts
         traced = torch.compiler.is_compiling() and spec.uses_step
         for i, p, _, fresh in items:
             if fresh or not spec.uses_step:
                 count: Hashable = 0
-            elif self._stale:
+            elif counts.stale:
                 # Counts left behind by traced steps: params stepped together since share theirs,
                 # any other param runs alone (its numbers come from its own step tensor); in a
                 # frame dynamo left to run eagerly, the host counts are stale: read the tensor.
                 count = (_ON_DEVICE if b.uniform == _ON_DEVICE else (i,)) if traced else int(b.steps[i])
             else:
-                count = self.counts.get(id(p), 0)
-            class_at[i] = (fresh, count, tags.get(id(p), 0))
+                count = counts.host.get(id(p), 0)
+            class_at[i] = (fresh, count, counts.history(id(p)))
         classes = _runs(class_at)
         for (fresh, count, _), runs in classes.items():
             for lo, hi in runs:
@@ -905,7 +862,7 @@ class Engine:
             direct.bump([p for _, p, _, _ in items])
         everyone = len(items) == len(b.params) and len(classes) == 1
         if traced:
-            self._stale, b.uniform = True, _ON_DEVICE if everyone else None
+            counts.stale, b.uniform = True, _ON_DEVICE if everyone else None
         else:
             b.uniform = (next(iter(classes))[1] + 1 if spec.uses_step else 0) if everyone else None
         for i, p, _, fresh in items:
@@ -916,7 +873,7 @@ class Engine:
                 for k in keys:
                     st[k] = b.views[i][k]
             if spec.uses_step and not traced:
-                self.counts[id(p)] = (0 if fresh else self.counts.get(id(p), 0)) + 1
+                counts.host[id(p)] = (0 if fresh else counts.host.get(id(p), 0)) + 1
 
     def _run_range(self, b: _Bucket, lo: int, hi: int, fresh: bool, count: int, work: _Work, grads: Any,
                    direct: Optional[Scatter] = None, launch: Optional[Prepared] = None) -> None:
@@ -965,7 +922,7 @@ class Engine:
                 self._init(k, t, work.group, p)
         steps = None
         # Traced by dynamo, the step comes from the step tensors, as in torch's compiled step:
-        # dynamo would guard on a host count (``Engine._stale``).
+        # dynamo would guard on a host count (``StepCounts.stale``).
         traced = torch.compiler.is_compiling()
         if b.steps is not None:
             steps = b.steps[lo:hi]
@@ -974,7 +931,7 @@ class Engine:
                 kw["step"] = steps[0] if traced else b.step_views[lo] if work.on_device else count + 1
         if work.fused is not None:
             work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
-                       self._shared(count + 1, b.ids[lo]) if spec.uses_step and not traced else None)
+                       self.counts.shared(count + 1, b.ids[lo]) if spec.uses_step and not traced else None)
             return
         if work.clip is not None:
             g.mul_(work.clip.factor_on(g.device))  # the gathered copy of the grads
@@ -1006,7 +963,7 @@ class Engine:
                     self._init(k, real_view(new[k]), group, real_view(p.detach()))
                 elif policy and old.dtype != dtype and not p.is_complex():
                     new[k] = old.to(dtype)
-            if fused and not uses_step and (fresh or id(p) not in self._steps):
+            if fused and not uses_step and (fresh or id(p) not in self.counts.counters):
                 new[_PRIVATE_STEP] = torch.full((), 0 if fresh else 1, dtype=scalar_dtype(), device=p.device)
             if new:
                 made[id(p)] = new
@@ -1028,22 +985,22 @@ class Engine:
                 if k != _PRIVATE_STEP:
                     st[k] = t
             if spec.uses_step:
-                seen = self._step_seen.get(id(p))
-                if seen is not None and st["step"] is not seen:
-                    self.counts.pop(id(p), None)  # replaced by the user: read it again
-                count = 0 if fresh or traced else self._count(p, st)
+                counts = self.counts
+                if counts.replaced(id(p), st["step"]):
+                    counts.reread(id(p))
+                count = 0 if fresh or traced else counts.read(id(p), st)
                 steps = st["step"]
-                self._step_seen[id(p)] = steps
+                counts.seen(id(p), steps)
                 steps += 1
                 if traced:
-                    self._stale = True
+                    counts.stale = True
                 else:
-                    self.counts[id(p)] = count + 1
+                    counts.host[id(p)] = count + 1
                 kw["step"] = steps if work.on_device or traced else count + 1
             tensors = [st[k] for k in keys]
         if work.fused is not None and steps is None:
-            steps = self._private_step(p, fresh, made.get(_PRIVATE_STEP))
-        count = self._shared(self.counts[id(p)], id(p)) if spec.uses_step and not traced else None
+            steps = self.counts.private_counter(id(p), fresh, made.get(_PRIVATE_STEP))
+        count = self.counts.shared(self.counts.host[id(p)], id(p)) if spec.uses_step and not traced else None
         if _is_dtensor(p):
             # FSDP2/DTensor params: the update is elementwise, so each rank updates its local
             # shard (the state stays DTensor, as distributed checkpointing expects).
@@ -1106,30 +1063,9 @@ class Engine:
         self._scratch_views[id(p)] = view
         return view
 
-    def _private_step(self, p: Tensor, fresh: bool, made: Optional[Tensor]) -> Tensor:
-        """A fused rule without torch's ``step`` still counts applied steps on the device (and
-        on the host, for sharing a step's scalars between params). ``made``: the counter
-        ``_allocate`` made for a first step, or for a param counted for the first time."""
-        step = self._steps.get(id(p))
-        if made is not None:
-            step = self._steps[id(p)] = made
-        if torch.compiler.is_compiling():
-            self._stale = True
-        else:
-            self._private_counts[id(p)] = 1 if fresh else self._private_counts.get(id(p), 1) + 1
-        return step.add_(1)
-
     def _fresh(self, st: dict, keys: tuple[str, ...]) -> bool:
         """Whether a param has no state yet (torch initialises state at its first step)."""
         return st.get(keys[0] if keys else "step") is None
-
-    def _count(self, p: Tensor, st: dict) -> int:
-        """Steps taken so far: our mirror, or once after a load, the value stored in ``step``."""
-        count = self.counts.get(id(p))
-        if count is None:
-            count = int(float(st.get("step", 0)))
-            self.counts[id(p)] = count
-        return count
 
 
 _EMPTY: dict = {}

@@ -129,7 +129,7 @@ class Adagrad(Optimizer):
                 dtype = state_dtypes(("sum",), kw, p.dtype)["sum"]
                 state["sum"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
             self._spec.init("sum", real_view(state["sum"]), group)
-            self._engine.counts[id(p)] = 0  # known: no need to read the (device) step back
+            self._engine.counts.host[id(p)] = 0  # known: no need to read the (device) step back
 
     def share_memory(self) -> None:
         """Calls ``tensor.share_memory_()`` on the state sum tensors (as torch's Adagrad), and on

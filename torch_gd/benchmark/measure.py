@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -14,6 +14,8 @@ from .groups import Group, apply
 from .timing import Timer
 
 WARMUP = 2
+# The suffix of a call timed under the baseline layout (``step_times``).
+BASELINE = " @baseline"
 # a = b + s·c reads b and c and writes a.
 TRIAD_TENSORS = 3
 
@@ -47,11 +49,18 @@ def interleaved(calls: dict[str, Callable[[], Any]], timer: Timer, rounds: int, 
 
 
 def step_times(optimizer: str, impls: Sequence[str], params: list[torch.nn.Parameter], layout: Sequence[Group],
-               timer: Timer, rounds: int, per_round: int) -> dict[str, Timing]:
+               timer: Timer, rounds: int, per_round: int,
+               baseline: Optional[Sequence[Group]] = None) -> tuple[dict[str, Timing], dict[str, Timing]]:
     """The step time of each implementation, each on its own copy of ``params`` and grads,
-    grouped as ``layout``."""
-    opts = {impl: optimizers.build(optimizer, impl, apply(layout, sets.clone(params))) for impl in impls}
-    return interleaved({impl: opt.step for impl, opt in opts.items()}, timer, rounds, per_round)
+    grouped as ``layout``; with ``baseline`` (another layout), also each implementation's time
+    grouped as that, in the same rounds, so that the ratio of the two does not carry the
+    machine's drift between cases (the second dict; empty without ``baseline``)."""
+    layouts = {"": layout, **({BASELINE: baseline} if baseline is not None else {})}
+    calls = {impl + tag: optimizers.build(optimizer, impl, apply(groups, sets.clone(params))).step
+             for tag, groups in layouts.items() for impl in impls}
+    times = interleaved(calls, timer, rounds, per_round)
+    return ({impl: times[impl] for impl in impls},
+            {impl: times[impl + BASELINE] for impl in impls if impl + BASELINE in times})
 
 
 def triad(elements: int, device: str, dtype: torch.dtype, timer: Timer, rounds: int, per_round: int) -> Timing:

@@ -39,6 +39,9 @@ class Config:
     steps_per_round: int = 3
     memory: bool = True
     compile_time: bool = True
+    # Time each layout other than ``one`` beside the same implementations with one group, in
+    # the same rounds (``one_group_ms``): twice the optimizers in memory, a drift-free ratio.
+    paired_one: bool = False
     # CPU step times as wall time, or as the process's CPU time ("cpu": for a shared machine).
     timer: str = "wall"
 
@@ -100,11 +103,12 @@ def _timed(config: Config, impls: dict[str, list[str]], bar: Progress) -> tuple[
         for optimizer in config.optimizers:
             for kind in config.groups:
                 layout = groups.layout(kind, optimizer, names, params)
+                baseline = groups.layout("one", optimizer, names, params) if config.paired_one and kind != "one" else None
                 with bar.case(f"{optimizer} {set_name} groups={kind} step time"):
-                    timings = measure.step_times(optimizer, impls[optimizer], params, layout, timer,
-                                                 config.rounds, config.steps_per_round)
+                    timings, ones = measure.step_times(optimizer, impls[optimizer], params, layout, timer,
+                                                       config.rounds, config.steps_per_round, baseline)
                 grouped = {**size, "groups": kind, "param_groups": len(layout)}
-                rows += [_row(optimizer, impl, grouped, t, config) for impl, t in timings.items()]
+                rows += [_row(optimizer, impl, grouped, t, config, ones.get(impl)) for impl, t in timings.items()]
                 # The case's optimizers, torch's and ours, sit in reference cycles (torch's step
                 # wrappers): free them now, not whenever the cycle collector next runs, or five
                 # copies of GPT-2's state pile up on the previous set's (24 GB here, OOM-killed).
@@ -120,9 +124,11 @@ def _with_bandwidth(row: dict[str, Any], bytes_per_element: int) -> dict[str, An
             "bandwidth_fraction": None}
 
 
-def _row(optimizer: str, impl: str, case: dict[str, Any], t: measure.Timing, config: Config) -> dict[str, Any]:
+def _row(optimizer: str, impl: str, case: dict[str, Any], t: measure.Timing, config: Config,
+         one_group: Optional[measure.Timing] = None) -> dict[str, Any]:
     row = {"optimizer": optimizer, **case, "impl": impl, "device": config.device, "dtype": config.dtype,
-           "median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "vs_torch_best": None, "vs_torch_best_eager": None}
+           "median_ms": t.median_ms, "iqr_ms": t.iqr_ms, "vs_torch_best": None, "vs_torch_best_eager": None,
+           "one_group_ms": None if one_group is None else one_group.median_ms}
     row = _with_bandwidth(row, optimizers.bytes_per_element(optimizer, sets.DTYPES[config.dtype]))
     return {**row, "peak_growth_mb": None, "first_step_s": None, "second_step_ms": None}
 
