@@ -16,8 +16,8 @@ gather and write-back copies, which this counts against us. On the CPU both term
 sets). On CUDA the host time is the wall time of issuing ``step()`` (the device queue is never
 waited on) and the kernels' time is device time.
 
-Beside them, the floor of our design's step: ``torch.optim.Optimizer.step``'s wrapper (profiler
-hooks, grad mode; timed on an optimizer whose step does nothing) plus our kernels alone plus
+Beside them, the floor of our design's step: the ``step`` wrapper torch_gd's optimizers get
+(the profiler's range, the step hooks, grad mode; timed on an optimizer whose step does nothing) plus our kernels alone plus
 reading every grad and making it the 1-D view a kernel takes. Where the floor is below torch's
 step, what our step spends above it is the engine's own work, not a limit of calling one
 compiled kernel per large param.
@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+import torch_gd
 from torch_gd.benchmark import groups, sets
 from torch_gd.benchmark.optimizers import OPTIMIZERS, build
 from torch_gd.benchmark.timing import TIMERS, interleaved_medians, timer_for
@@ -80,7 +81,10 @@ def torch_kernels(optimizer: str, opt: torch.optim.Optimizer) -> Callable[[], No
 
 
 class _Empty(torch.optim.Optimizer):
-    """An optimizer whose step does nothing: what torch's ``step`` wrapper costs on its own."""
+    """An optimizer whose step does nothing: what our ``step`` wrapper (torch's, made lean:
+    the profiler's range, the step hooks) and grad mode cost on their own."""
+
+    profile_hook_step = staticmethod(torch_gd.Optimizer.profile_hook_step)
 
     def __init__(self, params: list[torch.Tensor]) -> None:
         super().__init__(params, {})

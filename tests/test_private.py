@@ -153,3 +153,22 @@ def test_a_cpp_function_taking_its_inputs_in_another_order_is_not_called(monkeyp
             opt.step(), ref.step()
             assert_params_close(params, refs, **tol(torch.float32))
         assert [k["bare"] for k in opt.describe()["kernels"]] == [0]
+
+
+@pytest.mark.parametrize("backend_is_openmp,private,switches", [(True, True, True), (False, True, False),
+                                                                (True, False, False)])
+def test_small_kernels_take_one_thread_only_where_openmp_allows_it(monkeypatch, backend_is_openmp, private, switches):
+    """``one_thread`` switches torch to one thread only on the OpenMP backend Inductor's C++
+    uses (other backends refuse a change once parallel work has started) and with the fast
+    paths on; ``restore_threads`` gives the user's count back."""
+    monkeypatch.setattr(_private, "_openmp_backend", lambda: backend_is_openmp)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _private.switched(private):
+            taken = _private.one_thread()
+            assert torch.get_num_threads() == (1 if switches else 2)
+            _private.restore_threads(taken)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)

@@ -14,20 +14,19 @@ from __future__ import annotations
 import operator
 from typing import Any, Callable, Optional
 
-import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from ._fused import numpy_view, run_call, storage_order
+from ._private import one_thread, restore_threads
 
 _address = Tensor.data_ptr
 _stride = Tensor.stride
 _contiguous = Tensor.is_contiguous
 _flat = operator.methodcaller("view", -1)
-# CPU kernels of params up to this size run on one thread: the generated C++ opens an OpenMP
-# team on every call whatever the size, which costs more than it saves below ~2-8k elements
-# (2 cores, quiet: ~0.3 µs a call; with the other core busy, ~1.5 µs), as torch's elementwise
-# ops run serially below their grain size.
+# CPU kernels of params up to this size run on one thread (``_private.one_thread``): the
+# OpenMP team each call opens costs more than it saves below ~2-8k elements (2 cores, quiet:
+# ~0.3 µs a call; with the other core busy, ~1.5 µs).
 SERIAL_MAX_NUMEL = 1 << 11
 
 
@@ -116,13 +115,12 @@ class Lane:
                     values = shared[key] = fused.host_numbers(count)
             plan.launch.refresh(fused, count, None if scaled else count, values)
         if self.serial:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
+            threads = one_thread()
             try:
                 for call, j in self.serial:
                     run_call(call, grads[j])
             finally:
-                torch.set_num_threads(threads)
+                restore_threads(threads)
         for call, j in self.parallel:
             run_call(call, grads[j])
         for work, _, _ in self.spans:

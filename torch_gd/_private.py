@@ -4,7 +4,8 @@ The fast paths reach into torch's internals: Inductor's ``compile_fx`` with an
 ``inner_compile`` hook and the compiled graph's ``current_callable`` (kernels called without
 dynamo's and AOT autograd's wrappers), the C++ function a generated CPU ``call`` wraps (read
 from its source), a ``SymInt``'s size hint, Inductor's C++ loader (the packed buckets' copy
-loop) and a functorch config switch. They are used only while
+loop), a functorch config switch and torch's step hooks (``profile_hook_step``); and one
+platform trick, small kernels run on one OpenMP thread (``one_thread``). They are used only while
 ``enabled()``: on for the torch releases the test suite covers (``TESTED``), off otherwise.
 ``TORCH_GD_PRIVATE_APIS``, read at import: unset = that automatic choice (a line in the
 ``torch_gd`` log when it switches them off); ``0`` = always off; ``1`` = on even on an untested
@@ -281,6 +282,36 @@ def profile_hook_step(step: Callable[..., Any]) -> Callable[..., Any]:
             return out
 
     return wrapper
+
+
+@functools.lru_cache(maxsize=None)
+def _openmp_backend() -> bool:
+    """Whether ATen's intra-op parallel backend is OpenMP, the one Inductor's C++ kernels use:
+    there ``torch.set_num_threads`` sets the OpenMP thread count, cheaply, at any time. Other
+    backends refuse a change once parallel work has started (with a warning each time)."""
+    try:
+        return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    except Exception as exc:  # noqa: BLE001 - unreadable: leave the thread count alone
+        report("reading the parallel backend", exc, "small kernels keep every thread")
+        return False
+
+
+def one_thread() -> int:
+    """Run the following kernels on one OpenMP thread; returns the thread count to give back
+    to ``restore_threads`` (0: nothing was changed). Inductor's C++ opens an OpenMP team on
+    every call whatever the size, where torch's own elementwise ops run serially below their
+    grain size: for a tensor of a few thousand elements the team costs more than it saves."""
+    threads = torch.get_num_threads()
+    if not _enabled or threads == 1 or not _openmp_backend():
+        return 0
+    torch.set_num_threads(1)
+    return threads
+
+
+def restore_threads(threads: int) -> None:
+    """Give back the thread count ``one_thread`` took."""
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def use_grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
