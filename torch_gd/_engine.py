@@ -316,8 +316,11 @@ class Engine:
             if plan.call is not None:
                 for k in plan.call.kernels():
                     kernels[(k["rule"], tuple(sorted(k["statics"].items())), k["dtype"], k["device"])] = k
+        lane = self._lane
         return {"private_apis": _private.enabled(), "groups": groups, "kernels": list(kernels.values()),
-                "steps": dict(self.counts_of)}
+                "steps": dict(self.counts_of),
+                "lane": None if lane is None else {"groups": len(lane.works), "calls": len(lane.serial) + len(lane.parallel),
+                                                   "one_thread": len(lane.serial)}}
 
     def kernel_calls(self) -> Callable[[], None]:
         """The recorded steady step's compiled update kernels alone (``Optimizer.kernel_calls``)."""

@@ -160,7 +160,10 @@ class Optimizer(torch.optim.Optimizer):
           on-disk kernel store instead of compiled in this process);
         - ``steps``: ``replayed`` (steps that found nothing changed and reran the last plan),
           ``checked`` (steps planned anew) and ``prepared`` (group steps whose large params'
-          fused kernels ran from prepared calls).
+          fused kernels ran from prepared calls);
+        - ``lane``: once a recorded step has replayed, the prepared large-param calls it runs
+          across all fused groups: ``groups``, ``calls``, and ``one_thread`` (the calls of
+          small CPU params, run on one thread); None before.
         """
         return self._engine.describe()
 
