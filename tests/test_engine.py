@@ -217,7 +217,9 @@ def test_a_replayed_fused_step_leaves_the_thread_count_as_the_user_set_it(thread
             a.step(), b.step()
             assert torch.get_num_threads() == threads
         assert a.describe()["steps"]["replayed"] == 2
-        assert a.describe()["lane"] == {"groups": 1, "calls": 3, "one_thread": 2}
+        # With the fast paths off, no call is prepared, and the lane is empty.
+        lane = {"groups": 1, "calls": 3, "one_thread": 2} if _private.enabled() else {"groups": 0, "calls": 0, "one_thread": 0}
+        assert a.describe()["lane"] == lane
         assert_params_close(ours, theirs, rtol=1.3e-6, atol=1e-6)
     finally:
         torch.set_num_threads(old)
