@@ -20,14 +20,11 @@ from torch import Tensor
 
 
 class StepCounts:
-    """Every param's step count on the host, by ``id(param)``, and what it rests on.
+    """Every param's step count on the host, by ``id(param)``, and what it rests on. Fused rules
+    without torch's ``step`` (SGD) still count applied steps, on the device and here, for their
+    large params."""
 
-    ``uses_step``: whether the rule keeps torch's per-param ``step`` tensor. Fused rules without
-    it (SGD) still count applied steps, on the device and here, for their large params.
-    """
-
-    def __init__(self, uses_step: bool) -> None:
-        self.uses_step = uses_step
+    def __init__(self) -> None:
         # Steps taken, by id(param): ints hash faster than tensors.
         self.host: dict[int, int] = {}
         # A per-tensor param's device counter as last advanced: torch's ``step`` tensor (another

@@ -181,6 +181,11 @@ class _Plan:
         else:
             torch._foreach_add_(self.counters(), 1)
 
+    def stepped(self, counts: StepCounts) -> None:
+        """Note on the host that ``direct``'s params have taken one more step."""
+        self.direct_count += 1
+        counts.set(self.direct_ids, self.direct_count)
+
 
 @dataclass(eq=False)
 class _Direct:
@@ -288,7 +293,7 @@ class Engine:
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        self.counts = StepCounts(spec.uses_step)
+        self.counts = StepCounts()
         self.sparse: set[int] = set()
         self._plans: dict[int, _Plan] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -406,7 +411,7 @@ class Engine:
                 if work.direct_grads is None:
                     self.forget_program()
                     return False
-        lane.run(lane_grads, amp, self.counts.scaled, self.counts.host)
+        lane.run(lane_grads, amp, self.counts)
         self.counts_of["prepared"] += len(lane.works)
         for i, laned in lane.rest:
             work = program.works[i]
@@ -739,8 +744,7 @@ class Engine:
             for e, g, pid in zip(entries, grads, plan.direct_ids):
                 work.fused(e.p, g, e.states, e.step, self.counts.shared(count, pid))
             plan.launch = work.fused.prepare(_launch_items(entries))
-        self.counts.set(plan.direct_ids, count)
-        plan.direct_count = count
+        plan.stepped(self.counts)
 
     def _steady(self, plan: _Plan, params: list[Tensor], grads: list[Tensor], state: dict, metas: list[tuple]):
         """The packed/loose split without per-param checks, when nothing has changed since the

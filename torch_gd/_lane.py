@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
+from ._counts import StepCounts
 from ._fused import numpy_view, run_call, storage_order
 from ._private import one_thread, restore_threads
 
@@ -83,12 +84,12 @@ class Lane:
             return list(mine) if self.any_shape else list(map(_flat, mine))
         return direct_grads(self.entries, list(zip(params, mine)), checked=True)
 
-    def run(self, grads: list[Tensor], amp: tuple[Optional[Tensor], Optional[Tensor]], scaled: bool,
-            counts: dict[int, int]) -> None:
+    def run(self, grads: list[Tensor], amp: tuple[Optional[Tensor], Optional[Tensor]], counts: StepCounts) -> None:
         """Every call, with this step's GradScaler (or folded clip) tensors ``amp``: the counters
         advanced, each group's numbers loaded (computed once for groups with the same settings
         and count), its kernels run, the host counts (``counts``) and the version counters of
         what was written bumped."""
+        scaled = counts.scaled
         if self.counts_array is not None:
             self.counts_array += 1
         elif self.counters is not None:
@@ -119,12 +120,9 @@ class Lane:
         for call, j in self.parallel:
             run_call(call, grads[j])
         for work in self.works:
-            plan = work.plan
-            count = plan.direct_count + 1
             if work.fused.found_inf is not None:
-                work.fused.wind_back(plan.counters())
-            counts.update(dict.fromkeys(plan.direct_ids, count))
-            plan.direct_count = count
+                work.fused.wind_back(work.plan.counters())
+            work.plan.stepped(counts)
         if self.written:
             increment_version(self.written)
 
