@@ -28,6 +28,19 @@ def _grads(params, seed):
         p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
 
 
+@pytest.mark.parametrize("cls, limit", [(torch_gd.SGD, 1 << 14), (torch_gd.AdamW, _engine.PACK_MAX_NUMEL)])
+def test_a_rule_of_few_ops_packs_smaller_params(cls, limit):
+    # SGD's three ops a step repay packing's copies only for smaller params than Adam's.
+    sizes = [5, 7, limit, limit + 1]
+    params = [torch.nn.Parameter(torch.randn(n)) for n in sizes]
+    opt = cls(params, lr=0.1, momentum=0.9) if cls is torch_gd.SGD else cls(params, lr=0.1)
+    _grads(params, 1)
+    opt.step()
+    group = opt.describe()["groups"][0]
+    assert [b["numel"] for b in group["buckets"]] == [5 + 7 + limit]
+    assert group["per_tensor"] == 1
+
+
 def test_small_params_share_one_flat_state_buffer():
     params = _params()
     opt = torch_gd.SGD(params, lr=0.1, momentum=0.9)

@@ -45,6 +45,7 @@ from ._steady import Program, param_kind
 
 # A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU:
 # the eager rule makes 4-6 ops per tensor) than the three extra passes packing makes over it.
+# A rule of fewer ops breaks even lower (``Spec.pack_max_numel``).
 PACK_MAX_NUMEL = 1 << 15
 # The same trade for fused groups whose kernels are called directly (``_private``): ~4 µs a
 # tensor (a 1-D view of its grad and the call) against ~0.6 ns an element for the copies, and
@@ -73,6 +74,7 @@ class Spec:
     ``uses_first`` marks rules that read ``first``. ``init`` fills a state tensor (a real view)
     before its param's first step. ``coefficients(step, **hyper)`` derives the step's scalars
     the rule reads (bias corrections), so that a fused kernel gets them precomputed.
+    ``pack_max_numel`` lowers the packing threshold (``PACK_MAX_NUMEL``) for rules of few ops.
     """
 
     rule: Callable[..., None]
@@ -80,6 +82,7 @@ class Spec:
     uses_first: bool = False
     init: Callable[[str, Tensor, dict], Any] = lambda key, t, group: t.zero_()
     coefficients: Optional[Callable[..., dict[str, Any]]] = None
+    pack_max_numel: Optional[int] = None
 
     def with_coefficients(self, kw: dict[str, Any]) -> dict[str, Any]:
         """``kw`` plus the step's scalar coefficients (bias corrections, decayed rates): a
@@ -144,6 +147,10 @@ class _Chunk:
     start: int
     runs: list[tuple[int, int, Tensor, Tensor]]
     rest: list[int]
+    # The eager rule's tensors for a run of the whole chunk (grads, values, state by key) and
+    # the values' per-param views written back, made at its first such run: slicing them
+    # anew cost a steady step ~1 µs a tensor.
+    whole: Optional[tuple[Tensor, Tensor, dict[str, Tensor], list[Tensor]]] = None
 
 
 @dataclass
@@ -488,7 +495,9 @@ class Engine:
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         distinct = _distinct(group["params"])
         direct = bool(group.get("fused")) and _private.enabled()
-        limit = min(PACK_MAX_NUMEL, FUSED_PACK_MAX_NUMEL) if direct else PACK_MAX_NUMEL
+        limit = min(PACK_MAX_NUMEL, self.spec.pack_max_numel or PACK_MAX_NUMEL)
+        if direct:
+            limit = min(limit, FUSED_PACK_MAX_NUMEL)
         if group["foreach"] is not False and not group.get("differentiable", False):
             for p in distinct:
                 if (p.numel() <= limit and id(p) not in self.sparse and not p.is_sparse
@@ -910,22 +919,22 @@ class Engine:
                 torch._foreach_copy_(_views(b, "p", range(clo, chi)), b.params[clo:chi])
             if launch is not None:
                 launch.run(i)
+                back = None
             else:
-                self._run_piece(b, c, clo, chi, fresh, count, work)
+                g, p, states, back = _piece(b, c, clo, chi)
+                self._run_piece(b, clo, chi, g, p, states, fresh, count, work)
             if direct_here is not None:
                 direct_here.scatter(b.pbuf, clo, chi)
             else:
-                torch._foreach_copy_(b.params[clo:chi], _views(b, "p", range(clo, chi)))
+                torch._foreach_copy_(b.params[clo:chi], back if back is not None else _views(b, "p", range(clo, chi)))
 
-    def _run_piece(self, b: _Bucket, c: _Chunk, lo: int, hi: int, fresh: bool, count: int, work: _Work) -> None:
-        """The rule over params ``[lo, hi)`` of chunk ``c``, their values in the param buffer."""
-        spec, keys, kw = self.spec, b.keys, work.kw
-        a, z = b.offsets[lo], b.offsets[hi]
-        tensors = [real_view(b.flat[k][a:z]) for k in keys]
-        g = real_view(b.gbuf[a - c.start:z - c.start])
-        p = real_view(b.pbuf[a - c.start:z - c.start])
+    def _run_piece(self, b: _Bucket, lo: int, hi: int, g: Tensor, p: Tensor, states: dict[str, Tensor], fresh: bool,
+                   count: int, work: _Work) -> None:
+        """The rule over bucket params ``[lo, hi)``: their grads ``g`` and values ``p`` in the
+        chunk buffers, their ``states`` in the flat state (``_piece``)."""
+        spec, kw = self.spec, work.kw
         if fresh:
-            for k, t in zip(keys, tensors):
+            for k, t in states.items():
                 self._init(k, t, work.group, p)
         steps = None
         # Traced by dynamo, the step comes from the step tensors, as in torch's compiled step:
@@ -937,13 +946,13 @@ class Engine:
             if spec.uses_step:
                 kw["step"] = steps[0] if traced else b.step_views[lo] if work.on_device else count + 1
         if work.fused is not None:
-            work.fused(p.view(-1), g.view(-1), dict(zip(keys, (t.view(-1) for t in tensors))), steps,
+            work.fused(p.view(-1), g.view(-1), {k: t.view(-1) for k, t in states.items()}, steps,
                        self.counts.shared(count + 1, b.ids[lo]) if spec.uses_step and not traced else None)
             return
         if work.clip is not None:
             g.mul_(work.clip.factor_on(g.device))  # the gathered copy of the grads
         kw["first"], kw["scratch"] = fresh, g
-        self._update(p, g, dict(zip(keys, tensors)), work)
+        self._update(p, g, states, work)
 
     def _allocate(self, loose: list[tuple[Tensor, Tensor]], layout: Callable[[torch.dtype], dict[str, torch.dtype]],
                   group: dict, on_device: bool, state: dict) -> dict[int, dict[str, Tensor]]:
@@ -1190,6 +1199,22 @@ def _views(b: _Bucket, which: str, indices: Any) -> list[Tensor]:
     return out
 
 
+
+
+def _piece(b: _Bucket, c: _Chunk, lo: int, hi: int) -> tuple[Tensor, Tensor, dict[str, Tensor], list[Tensor]]:
+    """Bucket params ``[lo, hi)`` of chunk ``c`` as the rule takes them: their grads and values
+    in the chunk buffers and their state, as real views, and their values' per-param views to
+    write back. Kept on the chunk for whole-chunk runs, except while dynamo traces the step
+    (``_views``)."""
+    whole = (lo, hi) == (c.lo, c.hi) and not torch.compiler.is_compiling()
+    if whole and c.whole is not None:
+        return c.whole
+    a, z = b.offsets[lo], b.offsets[hi]
+    piece = (real_view(b.gbuf[a - c.start:z - c.start]), real_view(b.pbuf[a - c.start:z - c.start]),
+             {k: real_view(b.flat[k][a:z]) for k in b.keys}, _views(b, "p", range(lo, hi)))
+    if whole:
+        c.whole = piece
+    return piece
 
 
 def _direct_copies(b: _Bucket) -> Optional[Scatter]:

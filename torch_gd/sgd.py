@@ -61,7 +61,9 @@ class SGD(Optimizer):
     torch's arguments) is accepted for symmetry: SGD keeps no step and never reads the device.
     """ + (sgd.__doc__ or "")
 
-    _spec = Spec(rule=sgd, uses_first=True)
+    # Three ops a step (momentum) repay packing's copies only below ~16k elements: with the
+    # general threshold, mlp-layernorm's 32768-element weight made the eager step 8% slower.
+    _spec = Spec(rule=sgd, uses_first=True, pack_max_numel=1 << 14)
     _flag_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
                       "fused": False, "capturable": False}
 
