@@ -147,10 +147,9 @@ class _Chunk:
     start: int
     runs: list[tuple[int, int, Tensor, Tensor]]
     rest: list[int]
-    # The eager rule's tensors for a run of the whole chunk (grads, values, state by key) and
-    # the values' per-param views written back, made at its first such run: slicing them
-    # anew cost a steady step ~1 µs a tensor.
-    whole: Optional[tuple[Tensor, Tensor, dict[str, Tensor], list[Tensor]]] = None
+    # What runs over the whole chunk take every step, made at the first (``_kept``): the eager
+    # rule's tensors (``"rule"``) and the views values are written back from (``"back"``).
+    kept: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -919,14 +918,14 @@ class Engine:
                 torch._foreach_copy_(_views(b, "p", range(clo, chi)), b.params[clo:chi])
             if launch is not None:
                 launch.run(i)
-                back = None
             else:
-                g, p, states, back = _piece(b, c, clo, chi)
+                g, p, states = _kept(c, clo, chi, "rule", lambda: _piece(b, c, clo, chi))
                 self._run_piece(b, clo, chi, g, p, states, fresh, count, work)
             if direct_here is not None:
                 direct_here.scatter(b.pbuf, clo, chi)
             else:
-                torch._foreach_copy_(b.params[clo:chi], back if back is not None else _views(b, "p", range(clo, chi)))
+                back = _kept(c, clo, chi, "back", lambda: _views(b, "p", range(clo, chi)))
+                torch._foreach_copy_(b.params[clo:chi], back)
 
     def _run_piece(self, b: _Bucket, lo: int, hi: int, g: Tensor, p: Tensor, states: dict[str, Tensor], fresh: bool,
                    count: int, work: _Work) -> None:
@@ -1201,20 +1200,24 @@ def _views(b: _Bucket, which: str, indices: Any) -> list[Tensor]:
 
 
 
-def _piece(b: _Bucket, c: _Chunk, lo: int, hi: int) -> tuple[Tensor, Tensor, dict[str, Tensor], list[Tensor]]:
-    """Bucket params ``[lo, hi)`` of chunk ``c`` as the rule takes them: their grads and values
-    in the chunk buffers and their state, as real views, and their values' per-param views to
-    write back. Kept on the chunk for whole-chunk runs, except while dynamo traces the step
-    (``_views``)."""
-    whole = (lo, hi) == (c.lo, c.hi) and not torch.compiler.is_compiling()
-    if whole and c.whole is not None:
-        return c.whole
+def _piece(b: _Bucket, c: _Chunk, lo: int, hi: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Bucket params ``[lo, hi)`` of chunk ``c`` as the rule takes them, as real views: their
+    grads and values in the chunk buffers, their state in the flat buffers by key."""
     a, z = b.offsets[lo], b.offsets[hi]
-    piece = (real_view(b.gbuf[a - c.start:z - c.start]), real_view(b.pbuf[a - c.start:z - c.start]),
-             {k: real_view(b.flat[k][a:z]) for k in b.keys}, _views(b, "p", range(lo, hi)))
-    if whole:
-        c.whole = piece
-    return piece
+    return (real_view(b.gbuf[a - c.start:z - c.start]), real_view(b.pbuf[a - c.start:z - c.start]),
+            {k: real_view(b.flat[k][a:z]) for k in b.keys})
+
+
+def _kept(c: _Chunk, lo: int, hi: int, key: str, make: Callable[[], Any]) -> Any:
+    """``make()``, kept on chunk ``c`` for runs over all of it: made anew, the views a run takes
+    cost ~1 µs each a step. Not while dynamo traces the step: views made in the trace must not
+    outlive it, and those made outside it would be graph inputs aliasing the buffers (``_views``)."""
+    if (lo, hi) != (c.lo, c.hi) or torch.compiler.is_compiling():
+        return make()
+    found = c.kept.get(key)
+    if found is None:
+        found = c.kept[key] = make()
+    return found
 
 
 def _direct_copies(b: _Bucket) -> Optional[Scatter]:
