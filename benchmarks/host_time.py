@@ -40,7 +40,7 @@ import torch
 
 import torch_gd
 from torch_gd.benchmark import groups, sets
-from torch_gd.benchmark.optimizers import OPTIMIZERS, build
+from torch_gd.benchmark.optimizers import build
 from torch_gd.benchmark.timing import TIMERS, interleaved_medians, timer_for
 
 RESULTS = Path(__file__).parent / "results"
@@ -121,13 +121,21 @@ def one(set_name: str, optimizer: str, layout: str, device: str, rounds: int, st
             opt.step()
     kernels = {"torch fused": torch_kernels(optimizer, opts["torch fused"]),
                "torch_gd fused": opts["torch_gd fused"].kernel_calls()}
-    cuda = torch.device(device).type == "cuda"
-    step_timer = IssueTimer() if cuda else timer_for(device, timer_kind)
-    kernel_timer = timer_for(device, timer_kind)
-    step = interleaved_medians({impl: opt.step for impl, opt in opts.items()}, rounds, steps, step_timer)
     ours = [p for g in opts["torch_gd fused"].param_groups for p in g["params"]]
     kernels |= {"wrapper": _Empty(ours).step, "grads": grads_read(ours)}
-    alone = interleaved_medians(kernels, rounds, steps, kernel_timer)
+    kernel_timer = timer_for(device, timer_kind)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        step = interleaved_medians({impl: opt.step for impl, opt in opts.items()}, rounds, steps, IssueTimer())
+        alone = interleaved_medians(kernels, rounds, steps, kernel_timer)
+    else:
+        # Steps and kernels alone take turns in the same rounds: timed in two loops, the
+        # machine's drift between the loops entered the difference (resnet50 SGD's host time
+        # read 0.99 ms in one run, from two ~6 ms medians).
+        timed = interleaved_medians({**{f"step: {impl}": opt.step for impl, opt in opts.items()}, **kernels},
+                                    rounds, steps, kernel_timer)
+        step = {impl: timed[f"step: {impl}"] for impl in opts}
+        alone = timed
     row: dict[str, Any] = {"set": set_name, "optimizer": optimizer, "groups": len(split), "device": device,
                            "params": len(params), "elements": sum(p.numel() for p in params)}
     for impl in opts:
