@@ -506,3 +506,32 @@ def test_fixed_cost_script_records_small_sets_and_layouts(tmp_path, capsys):
         assert (r["one_group_ms"] is not None) == (r["groups"] == "tensor"), r
     printed = capsys.readouterr().out
     assert "/torch fused" in printed and "/one group" in printed and str(out) in printed
+
+
+def test_host_time_script_takes_host_as_step_minus_kernels_alone(tmp_path):
+    script = _script("host_time")
+    out = tmp_path / "host.json"
+    rows = script.main(["--sets", "lenet", "--optimizers", "SGD", "--rounds", "2", "--steps", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == rows
+    (row,) = rows
+    for impl in ("torch fused", "torch_gd fused"):
+        timed = row[impl]
+        assert timed["step_us"] > 0 and timed["kernels_us"] > 0
+        assert timed["host_us"] == pytest.approx(timed["step_us"] - timed["kernels_us"])
+    assert row["host ours/torch"] == pytest.approx(row["torch_gd fused"]["host_us"] / row["torch fused"]["host_us"])
+
+
+def test_host_phases_script_times_each_phase_both_ways_and_restores_the_engine(tmp_path):
+    script = _script("host_phases")
+    originals = [owner.__dict__[name] for owner, name, _ in script.PHASES]
+    run_call = script._fused.run_call
+    out = tmp_path / "phases.json"
+    rows = script.main(["--sets", "lenet", "--optimizers", "SGD", "--rounds", "2", "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == rows
+    phases = {"step", *(phase for _, _, phase in script.PHASES)}
+    for mode in ("kernels run", "kernels stubbed"):
+        assert set(rows[0][mode]) == phases
+        # lenet's params are all large for a fused group: its steady step is the lane and checks.
+        assert rows[0][mode]["lane"] > 0 and rows[0][mode]["checks"] > 0 and rows[0][mode]["buckets"] == 0
+    assert [owner.__dict__[name] for owner, name, _ in script.PHASES] == originals
+    assert script._fused.run_call is run_call and script._lane.run_call is run_call
