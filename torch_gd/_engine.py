@@ -175,6 +175,10 @@ class _Plan:
     call: Optional[Call] = None
     # The step counters of ``direct``, as one tensor when they share a device and dtype.
     direct_counters: Optional[Tensor] = None
+    # For eager groups, what each per-tensor param's rule takes besides its grad (``_Kept``), in
+    # ``take_loose`` order, and the ``state.version`` it was read at.
+    kept: Optional[list["_Kept"]] = None
+    kept_version: Optional[int] = None
 
     def counters(self) -> list[Tensor]:
         """The tensors holding ``direct``'s step counters: one, or one per param."""
@@ -207,6 +211,17 @@ class _Direct:
     p: Tensor
     states: dict[str, Tensor]
     step: Tensor
+
+
+@dataclass(eq=False)
+class _Kept:
+    """A per-tensor param of an eager group as a steady step updates it: its state tensors by
+    key, its ``step`` tensor (rules that count), and its scratch buffer."""
+
+    p: Tensor
+    states: dict[str, Tensor]
+    step: Optional[Tensor]
+    scratch: Optional[Tensor]
 
 
 @dataclass
@@ -679,7 +694,7 @@ class Engine:
                 self._run_bucket(b, items, work, state)
         if work.direct:
             self._run_direct(work)
-        else:
+        elif not self._run_kept(work, state):
             for p, g in work.loose:
                 self._run_one(p, g, work, state)
         # Once a step may have been skipped on the device (GradScaler, a clip's skip_nonfinite),
@@ -737,6 +752,36 @@ class Engine:
         plan.direct_count = counts.pop()
         plan.direct_ids = [id(p) for p in loose]
         plan.launch = fused.prepare(_launch_items(entries))
+
+    def _run_kept(self, work: _Work, state: dict) -> bool:
+        """The per-tensor params of a steady eager step, from what the plan keeps of them
+        (``_Kept``, read again after any change to ``optimizer.state``): the rule and the host
+        counts only, ~2 µs a param less than ``_run_one``. False (nothing done) where the step
+        needs ``_run_one``: not steady, a clip, a precision policy, counts on the device,
+        dynamo tracing, complex or DTensor params."""
+        plan = work.plan
+        if (not work.whole or work.fused is not None or work.clip is not None or work.precise or work.on_device
+                or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
+            return False
+        if plan.kept is None or plan.kept_version != state.version:
+            params = [p for p, _ in work.loose]
+            if any(_is_dtensor(p) or p.is_complex() for p in params):
+                return False
+            uses_step = self.spec.uses_step
+            plan.kept = [_Kept(p, {k: state[p][k] for k in work.keys}, state[p]["step"] if uses_step else None,
+                               self._scratch_for(p)) for p in params]
+            plan.kept_version = state.version
+        kw, host, rule = work.kw, self.counts.host, self.spec.rule
+        kw["first"] = False
+        for (p, g), kept in zip(work.loose, plan.kept):
+            if kept.step is not None:
+                count = host[id(p)] + 1
+                kept.step += 1
+                host[id(p)] = kw["step"] = count
+            kw["scratch"] = kept.scratch
+            kw.update(kept.states)
+            rule(p, g, **self.spec.with_coefficients(kw))
+        return True
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
