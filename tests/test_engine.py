@@ -96,6 +96,29 @@ def test_replacing_or_deleting_state_is_honoured_like_torch(foreach):
         assert_state_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name,kw,key", [("Adam", dict(lr=0.1), "exp_avg"),
+                                         ("SGD", dict(lr=0.1, momentum=0.9), "momentum_buffer")])
+def test_steady_eager_steps_read_a_large_params_state_again_once_it_changes(name, kw, key):
+    # Steady eager steps keep each large param's state tensors between steps: a replaced
+    # tensor, a reset step and a deleted state must each be read again, as torch reads them.
+    big = torch.randn(_engine.PACK_MAX_NUMEL + 1, generator=torch.Generator().manual_seed(1))
+    ours, theirs = ([*_params(), torch.nn.Parameter(big.clone())] for _ in range(2))
+    a, b = getattr(torch_gd, name)(ours, **kw), getattr(torch.optim, name)(theirs, foreach=False, **kw)
+    for step in range(12):
+        _grads(ours, step), _grads(theirs, step)
+        for o, ps in ((a, ours), (b, theirs)):
+            if step == 4:
+                o.state[ps[-1]][key] = torch.full_like(ps[-1], 0.5)
+            elif step == 7 and "step" in o.state[ps[-1]]:
+                o.state[ps[-1]]["step"] = torch.tensor(2.0)
+            elif step == 9:
+                del o.state[ps[-1]]
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
+        assert_state_close(a, b, rtol=0, atol=0)
+    assert a.describe()["steps"]["replayed"] >= 4
+
+
 def test_load_state_dict_repacks_and_continues():
     ours, theirs = _params(), _params()
     a = torch_gd.SGD(ours, lr=0.1, momentum=0.9)

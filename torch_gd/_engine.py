@@ -757,21 +757,21 @@ class Engine:
         """The per-tensor params of a steady eager step, from what the plan keeps of them
         (``_Kept``, read again after any change to ``optimizer.state``): the rule and the host
         counts only, ~2 µs a param less than ``_run_one``. False (nothing done) where the step
-        needs ``_run_one``: not steady, a clip, a precision policy, counts on the device,
-        dynamo tracing, complex or DTensor params."""
-        plan = work.plan
+        needs ``_run_one``: not steady, state made this step, a clip, a precision policy,
+        counts on the device, dynamo tracing, complex or DTensor params, a param's count not on
+        the host. Everything is checked before the first param is updated."""
+        plan, uses_step = work.plan, self.spec.uses_step
         if (not work.whole or work.fused is not None or work.clip is not None or work.precise or work.on_device
-                or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
+                or work.made or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
             return False
         if plan.kept is None or plan.kept_version != state.version:
-            params = [p for p, _ in work.loose]
-            if any(_is_dtensor(p) or p.is_complex() for p in params):
-                return False
-            uses_step = self.spec.uses_step
-            plan.kept = [_Kept(p, {k: state[p][k] for k in work.keys}, state[p]["step"] if uses_step else None,
-                               self._scratch_for(p)) for p in params]
+            plan.kept = self._keep([p for p, _ in work.loose], work.keys, state)
             plan.kept_version = state.version
         kw, host, rule = work.kw, self.counts.host, self.spec.rule
+        if (plan.kept is None or len(plan.kept) != len(work.loose)
+                or not all(kept.p is p for kept, (p, _) in zip(plan.kept, work.loose))
+                or (uses_step and not all(id(p) in host for p, _ in work.loose))):
+            return False
         kw["first"] = False
         for (p, g), kept in zip(work.loose, plan.kept):
             if kept.step is not None:
@@ -782,6 +782,19 @@ class Engine:
             kw.update(kept.states)
             rule(p, g, **self.spec.with_coefficients(kw))
         return True
+
+    def _keep(self, params: list[Tensor], keys: tuple[str, ...], state: dict) -> Optional[list[_Kept]]:
+        """``_Kept`` of each of ``params`` (every one with its state), or None where one is not
+        plain: complex, a DTensor, or without all of its state."""
+        kept = []
+        needed = (*keys, "step") if self.spec.uses_step else keys
+        for p in params:
+            st = state.get(p, _EMPTY)
+            if _is_dtensor(p) or p.is_complex() or any(k not in st for k in needed):
+                return None
+            kept.append(_Kept(p, {k: st[k] for k in keys}, st["step"] if self.spec.uses_step else None,
+                              self._scratch_for(p)))
+        return kept
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
