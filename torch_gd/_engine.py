@@ -175,10 +175,10 @@ class _Plan:
     call: Optional[Call] = None
     # The step counters of ``direct``, as one tensor when they share a device and dtype.
     direct_counters: Optional[Tensor] = None
-    # For eager groups, what each per-tensor param's rule takes besides its grad (``_Kept``), in
+    # For eager groups, what each per-tensor param's rule takes besides its grad (``_LooseParam``), in
     # ``take_loose`` order, and the ``state.version`` it was read at.
-    kept: Optional[list["_Kept"]] = None
-    kept_version: Optional[int] = None
+    loose_params: Optional[list["_LooseParam"]] = None
+    loose_version: Optional[int] = None
 
     def counters(self) -> list[Tensor]:
         """The tensors holding ``direct``'s step counters: one, or one per param."""
@@ -214,7 +214,7 @@ class _Direct:
 
 
 @dataclass(eq=False)
-class _Kept:
+class _LooseParam:
     """A per-tensor param of an eager group as a steady step updates it: its state tensors by
     key, its ``step`` tensor (rules that count), and its scratch buffer."""
 
@@ -694,7 +694,7 @@ class Engine:
                 self._run_bucket(b, items, work, state)
         if work.direct:
             self._run_direct(work)
-        elif not self._run_kept(work, state):
+        elif not self._run_loose(work, state):
             for p, g in work.loose:
                 self._run_one(p, g, work, state)
         # Once a step may have been skipped on the device (GradScaler, a clip's skip_nonfinite),
@@ -753,10 +753,10 @@ class Engine:
         plan.direct_ids = [id(p) for p in loose]
         plan.launch = fused.prepare(_launch_items(entries))
 
-    def _run_kept(self, work: _Work, state: dict) -> bool:
+    def _run_loose(self, work: _Work, state: dict) -> bool:
         """The per-tensor params of a steady eager step, from what the plan keeps of them
-        (``_Kept``, read again after any change to ``optimizer.state``): the rule and the host
-        counts only, ~2 µs a param less than ``_run_one``. False (nothing done) where the step
+        (``_LooseParam``, read again after any change to ``optimizer.state``): the rule and the
+        host counts only, ~2 µs a param less than ``_run_one``. False (nothing done) where the step
         needs ``_run_one``: not steady, state made this step, a clip, a precision policy,
         counts on the device, dynamo tracing, complex or DTensor params, a param's count not on
         the host. Everything is checked before the first param is updated."""
@@ -764,37 +764,37 @@ class Engine:
         if (not work.whole or work.fused is not None or work.clip is not None or work.precise or work.on_device
                 or work.made or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
             return False
-        if plan.kept is None or plan.kept_version != state.version:
-            plan.kept = self._keep([p for p, _ in work.loose], work.keys, state)
-            plan.kept_version = state.version
+        if plan.loose_params is None or plan.loose_version != state.version:
+            plan.loose_params = self._read_loose([p for p, _ in work.loose], work.keys, state)
+            plan.loose_version = state.version
         kw, host, rule = work.kw, self.counts.host, self.spec.rule
-        if (plan.kept is None or len(plan.kept) != len(work.loose)
-                or not all(kept.p is p for kept, (p, _) in zip(plan.kept, work.loose))
+        if (plan.loose_params is None or len(plan.loose_params) != len(work.loose)
+                or not all(lp.p is p for lp, (p, _) in zip(plan.loose_params, work.loose))
                 or (uses_step and not all(id(p) in host for p, _ in work.loose))):
             return False
         kw["first"] = False
-        for (p, g), kept in zip(work.loose, plan.kept):
-            if kept.step is not None:
+        for (p, g), lp in zip(work.loose, plan.loose_params):
+            if lp.step is not None:
                 count = host[id(p)] + 1
-                kept.step += 1
+                lp.step += 1
                 host[id(p)] = kw["step"] = count
-            kw["scratch"] = kept.scratch
-            kw.update(kept.states)
+            kw["scratch"] = lp.scratch
+            kw.update(lp.states)
             rule(p, g, **self.spec.with_coefficients(kw))
         return True
 
-    def _keep(self, params: list[Tensor], keys: tuple[str, ...], state: dict) -> Optional[list[_Kept]]:
-        """``_Kept`` of each of ``params`` (every one with its state), or None where one is not
-        plain: complex, a DTensor, or without all of its state."""
-        kept = []
+    def _read_loose(self, params: list[Tensor], keys: tuple[str, ...], state: dict) -> Optional[list[_LooseParam]]:
+        """``_LooseParam`` of each of ``params`` (every one with its state), or None where one is
+        not plain: complex, a DTensor, or without all of its state."""
+        read = []
         needed = (*keys, "step") if self.spec.uses_step else keys
         for p in params:
             st = state.get(p, _EMPTY)
             if _is_dtensor(p) or p.is_complex() or any(k not in st for k in needed):
                 return None
-            kept.append(_Kept(p, {k: st[k] for k in keys}, st["step"] if self.spec.uses_step else None,
-                              self._scratch_for(p)))
-        return kept
+            read.append(_LooseParam(p, {k: st[k] for k in keys}, st["step"] if self.spec.uses_step else None,
+                                    self._scratch_for(p)))
+        return read
 
     def _run_direct(self, work: _Work) -> None:
         """The per-tensor params of a steady fused step: one kernel call each, from views
