@@ -254,11 +254,37 @@ def test_a_replayed_fused_step_leaves_the_thread_count_as_the_user_set_it(thread
             assert torch.get_num_threads() == threads
         assert a.describe()["steps"]["replayed"] == 2
         # With the fast paths off, no call is prepared, and the lane is empty.
-        lane = {"groups": 1, "calls": 3, "one_thread": 2} if _private.enabled() else {"groups": 0, "calls": 0, "one_thread": 0}
+        lane = ({"groups": 1, "calls": 3, "one_thread": 2, "loading": 1} if _private.enabled()
+                else {"groups": 0, "calls": 0, "one_thread": 0, "loading": 0})
         assert a.describe()["lane"] == lane
         assert_params_close(ours, theirs, rtol=1.3e-6, atol=1e-6)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1))])
+def test_replayed_groups_with_equal_settings_load_their_numbers_once_until_one_changes(name, kw):
+    """Fused groups with the same settings and step count read the numbers of the first of
+    them, loaded once a step; a group whose lr changes (by hand or by a scheduler) gets its
+    own numbers again, and every step stays torch's."""
+    ours, theirs = ([torch.nn.Parameter(torch.randn(40, generator=torch.Generator().manual_seed(i))) for i in range(4)]
+                    for _ in range(2))
+    a = getattr(torch_gd, name)([{"params": [p]} for p in ours], fused=True, **kw)
+    b = getattr(torch.optim, name)([{"params": [p]} for p in theirs], fused=True, **kw)
+    loading = []
+    for step in range(10):
+        if step == 5:
+            for o in (a, b):
+                o.param_groups[2]["lr"] = 0.05
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=1.3e-6, atol=1e-6)
+        loading.append((a.describe()["lane"] or {}).get("loading"))
+    if _private.enabled():
+        assert loading[3] == 1 and loading[-1] == 2, loading
+        assert a.describe()["lane"]["groups"] == 4
+    else:
+        assert loading[-1] == 0
 
 
 def test_params_reordered_in_their_group_keep_their_own_grads():

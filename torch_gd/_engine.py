@@ -346,7 +346,7 @@ class Engine:
         return {"private_apis": _private.enabled(), "groups": groups, "kernels": list(kernels.values()),
                 "steps": dict(self.counts_of),
                 "lane": None if lane is None else {"groups": len(lane.works), "calls": len(lane.serial) + len(lane.parallel),
-                                                   "one_thread": len(lane.serial)}}
+                                                   "one_thread": len(lane.serial), "loading": len(lane.loading)}}
 
     def kernel_calls(self) -> Callable[[], None]:
         """The recorded steady step's compiled update kernels alone (``Optimizer.kernel_calls``)."""
@@ -412,7 +412,9 @@ class Engine:
         if grads is None:
             self.forget_program()
             return False
-        lane = self._lane if self._lane is not None else self._build_lane(program, state)
+        lane = self._lane
+        if lane is None or lane.scaled != self.counts.scaled or not lane.shares(program.renumbered):
+            lane = self._build_lane(program, state)
         # Every check before the first write: a large param rebound since (``p.data = ...``).
         lane_grads = lane.grads(grads)
         if lane_grads is None:
@@ -474,7 +476,8 @@ class Engine:
         ids = {id(p): i for i, p in enumerate(program.params)}
         inside = {id(w) for w in works}
         rest = [(i, id(w) in inside) for i, w in enumerate(program.works) if id(w) not in inside or w.plan.buckets]
-        self._lane = Lane(works, params, _picker([ids[id(p)] for p in params]), shared, rest)
+        self._lane = Lane(works, params, _picker([ids[id(p)] for p in params]), shared, rest, self.counts.scaled,
+                          program.renumbered)
         return self._lane
 
     def _share_counters(self, plan: _Plan, counters: Tensor, state: Any) -> None:

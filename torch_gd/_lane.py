@@ -38,7 +38,7 @@ class Lane:
     dtype."""
 
     def __init__(self, works: list[Any], params: list[Tensor], pick: Callable[[list], Any], counters: Optional[Tensor],
-                 rest: list[tuple[int, bool]]) -> None:
+                 rest: list[tuple[int, bool]], scaled: bool, renumbered: int) -> None:
         self.works = works
         # The program's works that still run one by one, by index, each with whether it is in
         # the lane (then only its buckets run one by one).
@@ -61,13 +61,42 @@ class Lane:
         # thread, and the rest (``SERIAL_MAX_NUMEL``).
         self.serial: list[tuple[tuple, int]] = []
         self.parallel: list[tuple[tuple, int]] = []
-        calls = [call for w in works for call in w.plan.launch.calls]
+        # Works whose numbers are equal at every step (the same settings and step count, and no
+        # step skipped on the device: ``scaled``) read the numbers of the first of them, which
+        # alone loads them: one write a step, where each group's cost ~1.5 µs on the CPU and a
+        # copy per group on CUDA. ``scaled`` as built, and the program's count of renumbered
+        # groups (``Program.renumbered``) when the sharing was last known to hold (``shares``).
+        self.scaled, self.renumbered = scaled, renumbered
+        self.loading: list[Any] = []
+        self.followers: list[tuple[Any, Any]] = []
+        first: dict[tuple, Any] = {}
+        calls = []
+        for w in works:
+            key = None if scaled or w.fused.values_key is None else (w.fused.values_key, w.plan.direct_count)
+            lead = w if key is None else first.setdefault(key, w)
+            swap = None if lead is w else _swap(w.plan.launch.boxes, lead.plan.launch.boxes)
+            if swap is None:
+                self.loading.append(w)
+                calls += w.plan.launch.calls
+            else:
+                self.followers.append((w, lead))
+                calls += [(kernel, [swap.get(id(x), x) for x in inputs], at, bare)
+                          for kernel, inputs, at, bare in w.plan.launch.calls]
         for j, (e, call) in enumerate(zip(entries, calls)):
             serial = e.device.type == "cpu" and e.p.numel() <= SERIAL_MAX_NUMEL
             (self.serial if serial else self.parallel).append((call, j))
         self.written = [t for w in works for t in w.plan.launch.written]
         if self.counts_array is not None:
             self.written.append(counters)
+
+    def shares(self, renumbered: int) -> bool:
+        """Whether the works that read another's numbers still have its settings, after
+        ``renumbered`` groups have taken new numbers in all (a scheduler's lr)."""
+        if renumbered != self.renumbered:
+            if not all(w.fused.values_key == lead.fused.values_key for w, lead in self.followers):
+                return False
+            self.renumbered = renumbered
+        return True
 
     def grads(self, grads: list[Tensor]) -> Optional[list[Tensor]]:
         """The lane's grads from the step's (in program order, already checked for dtype,
@@ -96,12 +125,14 @@ class Lane:
             self.counters.add_(1)
         given = amp != (None, None)
         shared: dict[tuple, dict[str, Any]] = {}
-        for work in self.works:
+        if given or self.counters is None:
+            for work in self.works:
+                if given:
+                    work.fused.load_amp(*amp)
+                if self.counters is None:
+                    work.plan.advance()
+        for work in self.loading:
             plan, fused = work.plan, work.fused
-            if given:
-                fused.load_amp(*amp)
-            if self.counters is None:
-                plan.advance()
             count = plan.direct_count + 1
             values = None
             if not scaled and fused.values_key is not None:
@@ -125,6 +156,14 @@ class Lane:
             work.plan.stepped(counts)
         if self.written:
             increment_version(self.written)
+
+
+def _swap(mine: dict[tuple, dict[str, Tensor]], theirs: dict[tuple, dict[str, Tensor]]) -> Optional[dict[int, Tensor]]:
+    """By ``id``, each of a prepared call's number boxes (``Prepared.boxes``) and the same
+    number's box of another; None where their kinds or names differ."""
+    if mine.keys() != theirs.keys() or any(mine[kind].keys() != theirs[kind].keys() for kind in mine):
+        return None
+    return {id(t): theirs[kind][name] for kind, box in mine.items() for name, t in box.items()}
 
 
 def direct_grads(entries: list[Any], loose: list[tuple[Tensor, Tensor]], checked: bool) -> Optional[list[Tensor]]:

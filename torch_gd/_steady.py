@@ -56,6 +56,9 @@ class Program:
         self.values = [get(g) for get, g in zip(self.getters, groups)]
         self.types = [tuple(map(type, v)) for v in self.values]
         self.bounds = list(itertools.accumulate([0] + [len(g["params"]) for g in groups]))
+        # How many times a group has taken new numbers (``_renumber``): a lane whose groups share
+        # numbers checks, when it grows, that they still do (``Lane.shares``).
+        self.renumbered = 0
 
     @staticmethod
     def eligible(groups: list[dict], works: list[Any], state: Any) -> bool:
@@ -119,4 +122,5 @@ class Program:
             return False
         work.kw.update(hyper)
         self.values[i] = values
+        self.renumbered += 1
         return True
