@@ -771,9 +771,8 @@ class Engine:
             plan.loose_params = self._read_loose([p for p, _ in work.loose], work.keys, state)
             plan.loose_version = state.version
         kw, host, rule = work.kw, self.counts.host, self.spec.rule
-        if (plan.loose_params is None or len(plan.loose_params) != len(work.loose)
-                or not all(lp.p is p for lp, (p, _) in zip(plan.loose_params, work.loose))
-                or (uses_step and not all(id(p) in host for p, _ in work.loose))):
+        # ``work.whole``: the plan's params in its order, as ``Engine._steady`` checked.
+        if plan.loose_params is None or (uses_step and not all(id(p) in host for p, _ in work.loose)):
             return False
         kw["first"] = False
         for (p, g), lp in zip(work.loose, plan.loose_params):
