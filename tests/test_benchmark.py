@@ -535,3 +535,25 @@ def test_host_phases_script_times_each_phase_both_ways_and_restores_the_engine(t
         assert rows[0][mode]["lane"] > 0 and rows[0][mode]["checks"] > 0 and rows[0][mode]["buckets"] == 0
     assert [owner.__dict__[name] for owner, name, _ in script.PHASES] == originals
     assert script._fused.run_call is run_call and script._lane.run_call is run_call
+
+
+def test_segments_script_times_every_way_numbers_reach_a_bucket_and_they_agree(tmp_path):
+    script = _script("segments")
+    out = tmp_path / "segments.json"
+    rows = script.main(["--sets", "lenet", "--rounds", "1", "--steps-per-round", "1", "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == rows
+    named = sets.named("lenet")
+    depth = groups.depths([n for n, _ in named])
+    small = [i for i, (_, t) in enumerate(named) if t.numel() <= script._engine.FUSED_PACK_MAX_NUMEL]
+    segments = {"tensor": len(small), "block": len({depth[i] for i in small})}
+    assert {(r["optimizer"], r["layout"]) for r in rows} == {(o, l) for o in ("AdamW", "SGD") for l in ("tensor", "block")}
+    for r in rows:
+        assert r["params"] == len(small) and r["numel"] == sum(named[i][1].numel() for i in small)
+        assert r["segments"] == segments[r["layout"]] > 1
+        assert set(r["us"]) == {*script.VARIANTS, "numbers"} and all(us > 0 for us in r["us"].values())
+        # One step from the same start: the per-group kernel is the reference. The others read the
+        # same numbers per element (a table entry, or its fp32 copy), which compiled code may round
+        # differently by an ulp, as any two compiled fp32 kernels of the same maths may.
+        assert r["agreement_ulps"]["per group"] == 0
+        for name in ("table int32", "table int16", "per element"):
+            assert r["agreement_ulps"][name] <= 2, (r["optimizer"], r["layout"], name)
