@@ -10,8 +10,8 @@ out flat as a bucket holds them, each group's lr distinct:
   engine does today, where a group's params are planned on their own. Calls of at most
   ``SERIAL_MAX_NUMEL`` elements run on one thread, as the lane runs them;
 - ``table int32`` / ``table int16``: one call over the whole bucket; an index per element says
-  which segment it is in, and each number that differs between groups is a per-segment table
-  the kernel reads at that index (2 or 4 B/element more);
+  which segment it is in, and each number that differs between groups is a per-segment fp32
+  table the kernel reads at that index (2 or 4 B/element more), its length compiled in;
 - ``per element``: one call; each number that differs between groups is expanded every step
   into a per-element fp32 tensor (4 B/element more per such number, plus the expanding op);
 - ``one number``: one call with 0-dim numbers, the floor: what the bucket costs when every
@@ -25,9 +25,10 @@ directly as a steady step calls them), so the script follows the engine's intern
 timing, each variant runs one step from the same start and its result is compared with the
 per-group one's (``agreement``: the largest difference in ulps of the param's dtype).
 
-The bucket's copies (grads gathered in, values written back) are the same for every one-call
-variant and are not timed here: see ``host_phases.py`` (resnet50: ~74 µs for the grad gather
-and ~19 µs of address checks on 108 params, 58k elements, in a cold cache twice that).
+A bucket also copies what per-group calls on the params in place do not: each step its grads
+are gathered into its flat buffer and its params' values copied in and back out. ``copies``
+times those with ``torch.cat`` and ``torch._foreach_copy_`` (the engine's fused CPU buckets move
+values with their own copy loop and check each param's address, see ``host_phases.py``).
 
     python benchmarks/segments.py                          # resnet50, tensor and block layouts
     python benchmarks/segments.py --sets lenet --rounds 3 --json /tmp/segments.json
@@ -146,6 +147,22 @@ class Bucket:
         for i, (a, z) in enumerate(self.segments):
             self.seg[a:z] = i
 
+    def copies(self, shapes: list[torch.Size]) -> Callable[[], None]:
+        """What a bucket copies each step for params of these shapes, kept apart from it."""
+        torch.manual_seed(1)
+        params, grads = [torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes]
+        flat_grads = [g.view(-1) for g in grads]
+        views, lo = [], 0
+        for s in shapes:
+            views.append(self.p[lo:lo + s.numel()].view(s))
+            lo += s.numel()
+
+        def run() -> None:
+            torch.cat(flat_grads, out=self.g)
+            torch._foreach_copy_(views, params)
+            torch._foreach_copy_(params, views)
+        return run
+
     def copy(self) -> "Bucket":
         other = object.__new__(Bucket)
         other.p, other.g = self.p.clone(), self.g.clone()
@@ -199,7 +216,10 @@ def variant(name: str, rule: Rule, bucket: Bucket, tables: Tables) -> Callable[[
                 call()
         return run
     if name in _INDEX:
-        numbers = {key: (t if key in rule.varying() else tables.views[0][key]) for key, t in tables.tensors.items()}
+        # fp32 tables: a 0-dim float64 number enters fp32 maths as fp32, a float64 one per element
+        # would make it float64.
+        numbers = {key: tables.f32.get(key, t) if key in rule.varying() else tables.views[0][key]
+                   for key, t in tables.tensors.items()}
         for key in rule.varying():
             # The number of segments compiled in: a size the kernel took as an input would not
             # be the param's, and every call would go through dynamo.
@@ -256,10 +276,11 @@ def one(set_name: str, optimizer: str, layout: str, rounds: int, steps: int) -> 
         variant(name, rule, warm, tables)
     # Each built (one step) from the same start, and checked.
     runs = {name: variant(name, rule, buckets[name], tables) for name in VARIANTS}
+    runs["copies"] = start.copies([params[small[j]].shape for j in order])
     agreement = {name: max(_ulps(buckets["per group"].p, buckets[name].p),
                            *(_ulps(buckets["per group"].states[k], buckets[name].states[k]) for k in rule.keys))
                  for name in VARIANTS if name != "one number"}
-    times: dict[str, list[float]] = {name: [] for name in (*VARIANTS, "numbers")}
+    times: dict[str, list[float]] = {name: [] for name in (*runs, "numbers")}
     for step in range(2, rounds + 2):
         begin = time.perf_counter()
         tables.write(step)
