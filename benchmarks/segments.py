@@ -89,7 +89,6 @@ class Rule:
             self.fixed = {"momentum": 0.9}
         else:
             raise ValueError(f"segments.py times AdamW and SGD, not {optimizer!r}")
-        self.optimizer = optimizer
         # Made once: a kernel is compiled per rule function.
         self.segmented, self.elementwise = by_segment(self.rule, self.varying()), per_element(self.rule)
 
@@ -116,7 +115,7 @@ class Tables:
         self.rule, self.lrs = rule, lrs
         first = rule.numbers(lrs[0], 1)
         self.tensors = {k: torch.zeros(len(lrs), dtype=dtype) for k, (_, dtype) in first.items()}
-        # fp32 copies of the numbers that are not, to expand per element (``per element``).
+        # fp32 copies of the float64 numbers: what the tables and the per-element numbers hold.
         self.f32 = {k: torch.zeros(len(lrs)) for k, t in self.tensors.items() if t.dtype == torch.float64}
         self.arrays = [(k, t.numpy()) for k, t in (*self.tensors.items(), *self.f32.items())]
         self.views = [{k: t[i] for k, t in self.tensors.items()} for i in range(len(lrs))]
