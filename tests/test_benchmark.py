@@ -557,3 +557,21 @@ def test_segments_script_times_every_way_numbers_reach_a_bucket_and_they_agree(t
         assert r["agreement_ulps"]["per group"] == 0
         for name in ("table int32", "table int16", "per element"):
             assert r["agreement_ulps"][name] <= 2, (r["optimizer"], r["layout"], name)
+
+
+def test_fused_packing_script_plans_each_variant_with_its_thresholds_and_restores_them(tmp_path):
+    script = _script("fused_packing")
+    before = (script._engine.FUSED_PACK_MAX_NUMEL, script._engine.FUSED_PACK_MIN_PARAMS)
+    out = tmp_path / "packing.json"
+    record = script.main(["--sets", "40x100", "--optimizers", "SGD", "--rounds", "1", "--steps-per-round", "1",
+                          "--json", str(out)])
+    assert json.loads(out.read_text()) == record
+    (row,) = record["rows"]
+    # 40 params of 100 elements: packed where 16 suffice, per tensor where 256 are needed or nothing
+    # packs. With the private APIs off, fused groups pack as eager ones: every variant alike.
+    if record["private_apis"]:
+        assert row["buckets"] == {"current": [[40, 4000]], "min 256": [], "never": []}
+    else:
+        assert row["buckets"] == dict.fromkeys(script.VARIANTS, [[40, 4000]])
+    assert set(row["vs_torch_fused"]) == {"torch fused", *script.VARIANTS} and row["vs_torch_fused"]["torch fused"] == 1
+    assert (script._engine.FUSED_PACK_MAX_NUMEL, script._engine.FUSED_PACK_MIN_PARAMS) == before

@@ -1,0 +1,97 @@
+"""Which small params a fused group should pack, on the CPU: torch's fused step beside ours
+with each packing threshold, timed side by side in one process, interleaved (the order rotating
+between rounds), median over rounds.
+
+A fused group packs its params of at most ``FUSED_PACK_MAX_NUMEL`` elements into a bucket when
+at least ``FUSED_PACK_MIN_PARAMS`` of one kind qualify; the others are updated in place, one
+prepared kernel call each. A bucket makes one kernel call for its params, but copies their grads
+in and their values in and back out every step. Each variant here is an optimizer planned with
+other thresholds (the module constants, set while it plans its first step and restored after).
+The thresholds apply where the fused kernels are called directly: with the private APIs off
+(``TORCH_GD_PRIVATE_APIS=0``) fused groups pack as eager ones do, and the variants are alike.
+
+    python benchmarks/fused_packing.py       # the small sets, resnet50, vit_b_16, gpt2-small, 2000x1000, 500x4000
+    python benchmarks/fused_packing.py --sets lenet --optimizers SGD --rounds 3 --json /tmp/packing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from torch_gd import _engine, _private
+from torch_gd.benchmark import measure, optimizers, sets
+from torch_gd.benchmark.timing import WallTimer
+
+RESULTS = Path(__file__).parent / "results"
+SETS = ("mlp-policy", "lenet", "mlp-layernorm", "resnet50", "vit_b_16", "gpt2-small", "2000x1000", "500x4000")
+# (max elements, min params) of each variant; "never" packs nothing.
+VARIANTS = {"current": (_engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PARAMS),
+            "min 256": (_engine.FUSED_PACK_MAX_NUMEL, 256), "never": (0, 1 << 62)}
+
+
+@contextlib.contextmanager
+def thresholds(max_numel: int, min_params: int) -> Iterator[None]:
+    saved = _engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PARAMS
+    _engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PARAMS = max_numel, min_params
+    try:
+        yield
+    finally:
+        _engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PARAMS = saved
+
+
+def calls(optimizer: str, params: list[torch.nn.Parameter]) -> tuple[dict[str, Any], dict[str, list]]:
+    """Each step to time, and each variant's buckets as ``describe()`` gives them: (params, numel)."""
+    steps = {"torch fused": optimizers.build(optimizer, "torch fused", sets.clone(params)).step}
+    buckets = {}
+    for name, (max_numel, min_params) in VARIANTS.items():
+        opt = optimizers.build(optimizer, "torch_gd fused", sets.clone(params))
+        with thresholds(max_numel, min_params):
+            opt.step()  # planned here
+        steps[name] = opt.step
+        buckets[name] = [[b["params"], b["numel"]] for g in opt.describe()["groups"].values() for b in g["buckets"]]
+    return steps, buckets
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=list(SETS), type=sets.check)
+    ap.add_argument("--optimizers", nargs="+", default=["AdamW", "SGD"], choices=["Adam", "AdamW", "SGD", "Adagrad"])
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--steps-per-round", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=RESULTS / "fused_packing_cpu.json")
+    args = ap.parse_args(argv)
+    rows = []
+    for set_name in args.sets:
+        params = sets.parameters(sets.build(set_name), "cpu", torch.float32)
+        for optimizer in args.optimizers:
+            steps, buckets = calls(optimizer, params)
+            timings = measure.interleaved(steps, WallTimer(), args.rounds, args.steps_per_round)
+            theirs = timings["torch fused"].median_ms
+            row = {"set": set_name, "optimizer": optimizer, "tensors": len(params), "buckets": buckets,
+                   "median_ms": {k: t.median_ms for k, t in timings.items()},
+                   "iqr_ms": {k: t.iqr_ms for k, t in timings.items()},
+                   "vs_torch_fused": {k: t.median_ms / theirs for k, t in timings.items()}}
+            rows.append(row)
+            print(f"{set_name:13} {optimizer:6}" + "".join(f"  {k} {v:.3f}" for k, v in row["vs_torch_fused"].items())
+                  + f"   (× torch fused, {theirs:.3f} ms)", flush=True)
+            del steps
+            gc.collect()
+    record = {"command": "python benchmarks/fused_packing.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "private_apis": _private.enabled(),
+              "variants": {k: list(v) for k, v in VARIANTS.items()}, "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()
