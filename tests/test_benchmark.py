@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import torch_gd
 from torch_gd.benchmark import cli, groups, isolated, measure, optimizers, progress, sets
 from torch_gd.benchmark.run import Config, run
 from torch_gd.benchmark.timing import CpuTimer, EventTimer, WallTimer, timer_for
@@ -575,3 +576,23 @@ def test_fused_packing_script_plans_each_variant_with_its_thresholds_and_restore
         assert row["buckets"] == dict.fromkeys(script.VARIANTS, [[40, 4000]])
     assert set(row["vs_torch_fused"]) == {"torch fused", *script.VARIANTS} and row["vs_torch_fused"]["torch fused"] == 1
     assert (script._engine.FUSED_PACK_MAX_NUMEL, script._engine.FUSED_PACK_MIN_PARAMS) == before
+
+
+def test_eager_groups_script_splits_a_group_per_tensor_into_host_work_and_rule_ops(tmp_path):
+    script = _script("eager_groups")
+    out = tmp_path / "eager_groups.json"
+    (row,) = script.main(["--sets", "lenet", "--optimizers", "SGD", "--rounds", "1", "--steps-per-round", "1",
+                          "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == [row]
+    us = row["us"]
+    assert set(us) == {f"{layout}, {rule}" for layout in script.LAYOUTS for rule in ("rule", "no-op rule")}
+    assert row["tensor / one"] == pytest.approx(us["tensor, rule"] / us["one, rule"])
+    assert row["host us per extra group"] == pytest.approx(
+        (us["tensor, no-op rule"] - us["one, no-op rule"]) / (row["tensors"] - 1))
+    # The stub runs the engine's whole step and updates nothing; the optimizer it stands in for does.
+    params = sets.parameters(sets.build("lenet"), "cpu", torch.float32)
+    before = [p.detach().clone() for p in params]
+    script.stubbed(torch_gd.SGD)(params, lr=0.1, momentum=0.9).step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    torch_gd.SGD(params, lr=0.1, momentum=0.9).step()
+    assert not any(torch.equal(p, b) for p, b in zip(params, before))
