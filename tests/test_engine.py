@@ -101,8 +101,10 @@ def test_replacing_or_deleting_state_is_honoured_like_torch(foreach):
 def test_steady_eager_steps_read_a_large_params_state_again_once_it_changes(name, kw, key):
     # Steady eager steps keep each large param's state tensors between steps: a replaced
     # tensor, a reset step and a deleted state must each be read again, as torch reads them.
+    # Only the last large param's are changed: the two then step at different counts, each with
+    # its own step's coefficients.
     big = torch.randn(_engine.PACK_MAX_NUMEL + 1, generator=torch.Generator().manual_seed(1))
-    ours, theirs = ([*_params(), torch.nn.Parameter(big.clone())] for _ in range(2))
+    ours, theirs = ([*_params(), torch.nn.Parameter(big.flip(0)), torch.nn.Parameter(big.clone())] for _ in range(2))
     a, b = getattr(torch_gd, name)(ours, **kw), getattr(torch.optim, name)(theirs, foreach=False, **kw)
     for step in range(12):
         _grads(ours, step), _grads(theirs, step)
