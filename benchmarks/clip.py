@@ -15,9 +15,6 @@ norm plus the best step is the floor of any clip that reads the grads once befor
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -25,7 +22,7 @@ import torch
 
 import torch_gd
 from torch_gd._clip import total_norm
-from torch_gd.benchmark import sets
+from torch_gd.benchmark import report, sets
 from torch_gd.benchmark.timing import TIMERS, interleaved_medians, timer_for
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,10 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             print(f"{set_name} {name}: torch's best is {row['torch_best']} "
                   f"({row['median_ms'][row['torch_best']]} ms); ours over it: {row['ratio_vs_torch_best']}; "
                   f"floor (norm + best step alone) {row['floor_ratio']}", flush=True)
-    record = {"command": "python benchmarks/clip.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rounds": args.rounds, "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    report.write_record(args.json, "clip.py", argv, rows, rounds=args.rounds)
     return rows
 
 

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
-from torch_gd.benchmark import measure, optimizers, sets
+from torch_gd.benchmark import measure, optimizers, report, sets
 from torch_gd.benchmark.timing import WallTimer
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,10 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             print(f"{set_name:10} {optimizer:6} tensor/one {row['tensor / one']:.3f}  host per extra group "
                   f"{row['host us per extra group']:.2f} µs  rule ops added {row['rule ops us added']:.0f} µs  "
                   + "  ".join(f"{k} {v:.0f}" for k, v in row["us"].items()) + " (µs)", flush=True)
-    record = {"command": "python benchmarks/eager_groups.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    report.write_record(args.json, "eager_groups.py", argv, rows)
     return rows
 
 

@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
 from torch_gd import _engine, _private
-from torch_gd.benchmark import measure, optimizers, sets
+from torch_gd.benchmark import measure, optimizers, report, sets
 from torch_gd.benchmark.timing import WallTimer
 
 RESULTS = Path(__file__).parent / "results"
@@ -85,12 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                   + f"   (× torch fused, {theirs:.3f} ms)", flush=True)
             del steps
             gc.collect()
-    record = {"command": "python benchmarks/fused_packing.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "private_apis": _private.enabled(),
-              "variants": {k: list(v) for k, v in VARIANTS.items()}, "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
-    return record
+    return report.write_record(args.json, "fused_packing.py", argv, rows, private_apis=_private.enabled(),
+                               variants={k: list(v) for k, v in VARIANTS.items()})
 
 
 if __name__ == "__main__":

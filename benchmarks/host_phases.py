@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -30,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 
 from torch_gd import _engine, _fused, _lane, _scatter, _steady
-from torch_gd.benchmark import sets
+from torch_gd.benchmark import report, sets
 from torch_gd.benchmark.optimizers import build
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,10 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             for mode in ("kernels run", "kernels stubbed"):
                 print(f"{set_name:12} {optimizer:8} {mode:16}"
                       + "".join(f"  {phase} {us:9.1f}" for phase, us in row[mode].items()) + "   (µs)", flush=True)
-    record = {"command": "python benchmarks/host_phases.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    report.write_record(args.json, "host_phases.py", argv, rows)
     return rows
 
 

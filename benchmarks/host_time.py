@@ -29,9 +29,6 @@ compiled kernel per large param.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -39,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 import torch_gd
-from torch_gd.benchmark import groups, sets
+from torch_gd.benchmark import groups, report, sets
 from torch_gd.benchmark.optimizers import build
 from torch_gd.benchmark.timing import TIMERS, interleaved_medians, timer_for
 
@@ -172,11 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                       f"{t['host_us']:>8.1f} {o['step_us']:>10.1f} {o['kernels_us']:>8.1f} {o['host_us']:>8.1f} "
                       f"{r['host ours/torch']:>16.2f} {r['floor']['step_us']:>8.1f} {r['floor/torch step']:>12.2f}",
                       flush=True)
-    record = {"command": "python benchmarks/host_time.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
-    path = args.json or RESULTS / f"host_time_{torch.device(args.device).type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    report.write_record(args.json or RESULTS / f"host_time_{torch.device(args.device).type}.json", "host_time.py",
+                        argv, rows)
     return rows
 
 

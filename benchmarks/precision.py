@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 import torch_gd
-from torch_gd.benchmark import sets
+from torch_gd.benchmark import report, sets
 from torch_gd.benchmark.timing import TIMERS, interleaved_medians, timer_for
 
 RESULTS = Path(__file__).parent / "results"
@@ -161,11 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
         for s in args.sets or ["resnet50", "gpt2-small"]:
             rows.append(speed(s, args.rounds, args.steps, args.timer))
             print(json.dumps(rows[-1], indent=1), flush=True)
-    record = {"command": "python benchmarks/precision.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
-    path = args.json or RESULTS / f"precision_{args.what}_cpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    report.write_record(args.json or RESULTS / f"precision_{args.what}_cpu.json", "precision.py", argv, rows)
     return rows
 
 

@@ -37,10 +37,7 @@ values with their own copy loop and check each param's address, see ``host_phase
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -50,7 +47,7 @@ from torch import Tensor
 
 from torch_gd import _engine, _fused, _lane, _private
 from torch_gd.adam import adam, adam_coefficients
-from torch_gd.benchmark import groups, sets
+from torch_gd.benchmark import groups, report, sets
 from torch_gd.sgd import sgd
 
 RESULTS = Path(__file__).parent / "results"
@@ -311,11 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                 rows.append(row)
                 print(f"{set_name:10} {optimizer:6} {layout:7} {row['segments']:4} segments {row['numel']:6} elements"
                       + "".join(f"  {name} {us:8.1f}" for name, us in row["us"].items()) + "   (µs)", flush=True)
-    record = {"command": "python benchmarks/segments.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "private_apis": _private.enabled(), "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    report.write_record(args.json, "segments.py", argv, rows, private_apis=_private.enabled())
     return rows
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+import torch
 
 # (header, row key, format) of the terminal table; numbers are right-aligned.
 COLUMNS = [
@@ -59,6 +63,17 @@ def table(result: dict[str, Any]) -> str:
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=1))
+
+
+def write_record(path: Path, script: str, argv: Optional[Sequence[str]], rows: list[Any], **extra: Any) -> dict[str, Any]:
+    """A ``benchmarks/`` script's record, written to ``path`` as JSON and returned: the command
+    that reproduces it (``script`` with ``argv``, or the process's own arguments), torch's
+    version, the thread count, ``extra`` and the rows."""
+    record = {"command": f"python benchmarks/{script} " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "torch": torch.__version__, "threads": torch.get_num_threads(), **extra, "rows": rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
