@@ -1,4 +1,4 @@
-"""Which small params a fused group should pack, on the CPU: torch's fused step beside ours
+"""Which small params a fused group should pack: torch's fused step beside ours
 with each packing threshold, timed side by side in one process, interleaved (the order rotating
 between rounds), median over rounds.
 
@@ -12,6 +12,7 @@ The thresholds apply where the fused kernels are called directly: with the priva
 
     python benchmarks/fused_packing.py       # the small sets, resnet50, vit_b_16, gpt2-small, 2000x1000, 500x4000
     python benchmarks/fused_packing.py --sets lenet --optimizers SGD --rounds 3 --json /tmp/packing.json
+    python benchmarks/fused_packing.py --device cuda     # on a GPU (results/fused_packing_cuda.json)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 
 from torch_gd import _engine, _private
 from torch_gd.benchmark import measure, optimizers, report, sets
-from torch_gd.benchmark.timing import WallTimer
+from torch_gd.benchmark.timing import timer_for
 
 RESULTS = Path(__file__).parent / "results"
 SETS = ("mlp-policy", "lenet", "mlp-layernorm", "resnet50", "vit_b_16", "gpt2-small", "2000x1000", "500x4000")
@@ -64,14 +65,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--optimizers", nargs="+", default=["AdamW", "SGD"], choices=["Adam", "AdamW", "SGD", "Adagrad"])
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--steps-per-round", type=int, default=3)
-    ap.add_argument("--json", type=Path, default=RESULTS / "fused_packing_cpu.json")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    ap.add_argument("--json", type=Path, default=None, help="default: results/fused_packing_<device type>.json")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
     rows = []
     for set_name in args.sets:
-        params = sets.parameters(sets.build(set_name), "cpu", torch.float32)
+        params = sets.parameters(sets.build(set_name), str(device), torch.float32)
         for optimizer in args.optimizers:
             steps, buckets = calls(optimizer, params)
-            timings = measure.interleaved(steps, WallTimer(), args.rounds, args.steps_per_round)
+            timings = measure.interleaved(steps, timer_for(str(device)), args.rounds, args.steps_per_round)
             theirs = timings["torch fused"].median_ms
             row = {"set": set_name, "optimizer": optimizer, "tensors": len(params), "buckets": buckets,
                    "median_ms": {k: t.median_ms for k, t in timings.items()},
@@ -82,7 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                   + f"   (× torch fused, {theirs:.3f} ms)", flush=True)
             del steps
             gc.collect()
-    return report.write_record(args.json, "fused_packing.py", argv, rows, private_apis=_private.enabled(),
+    return report.write_record(args.json or RESULTS / f"fused_packing_{device.type}.json", "fused_packing.py", argv,
+                               rows, device=str(device), private_apis=_private.enabled(),
                                variants={k: list(v) for k, v in VARIANTS.items()})
 
 

@@ -31,6 +31,7 @@ times those with ``torch.cat`` and ``torch._foreach_copy_`` (the engine's fused 
 values with their own copy loop and check each param's address, see ``host_phases.py``).
 
     python benchmarks/segments.py                          # resnet50, tensor and block layouts
+    python benchmarks/segments.py --device cuda            # the same on a GPU (results/segments_cuda.json)
     python benchmarks/segments.py --sets lenet --rounds 3 --json /tmp/segments.json
 """
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -48,6 +48,7 @@ from torch import Tensor
 from torch_gd import _engine, _fused, _lane, _private
 from torch_gd.adam import adam, adam_coefficients
 from torch_gd.benchmark import groups, report, sets
+from torch_gd.benchmark.timing import timer_for
 from torch_gd.sgd import sgd
 
 RESULTS = Path(__file__).parent / "results"
@@ -106,31 +107,38 @@ class Rule:
 
 
 class Tables:
-    """Every segment's numbers, one tensor per number, written each step with NumPy."""
+    """Every segment's numbers, one tensor per number on ``device``, written each step with
+    NumPy (on another device than the CPU, into host tensors copied over)."""
 
-    def __init__(self, rule: Rule, lrs: list[float]) -> None:
+    def __init__(self, rule: Rule, lrs: list[float], device: torch.device) -> None:
         self.rule, self.lrs = rule, lrs
         first = rule.numbers(lrs[0], 1)
-        self.tensors = {k: torch.zeros(len(lrs), dtype=dtype) for k, (_, dtype) in first.items()}
+        host = {k: torch.zeros(len(lrs), dtype=dtype) for k, (_, dtype) in first.items()}
         # fp32 copies of the float64 numbers: what the tables and the per-element numbers hold.
-        self.f32 = {k: torch.zeros(len(lrs)) for k, t in self.tensors.items() if t.dtype == torch.float64}
-        self.arrays = [(k, t.numpy()) for k, t in (*self.tensors.items(), *self.f32.items())]
+        host_f32 = {k: torch.zeros(len(lrs)) for k, t in host.items() if t.dtype == torch.float64}
+        self.arrays = [(k, t.numpy()) for k, t in (*host.items(), *host_f32.items())]
+        self.tensors = {k: t.to(device) for k, t in host.items()}
+        self.f32 = {k: t.to(device) for k, t in host_f32.items()}
+        self.copies = [] if device.type == "cpu" else [
+            (self.tensors[k], t) for k, t in host.items()] + [(self.f32[k], t) for k, t in host_f32.items()]
         self.views = [{k: t[i] for k, t in self.tensors.items()} for i in range(len(lrs))]
 
     def write(self, step: int) -> None:
         rows = [self.rule.numbers(lr, step) for lr in self.lrs]
         for k, array in self.arrays:
             array[:] = [row[k][0] for row in rows]
+        for dst, src in self.copies:
+            dst.copy_(src, non_blocking=True)
 
 
 class Bucket:
     """A set's small params laid out flat, with one segment per group."""
 
-    def __init__(self, sizes: list[int], segment_of: list[int], rule: Rule) -> None:
+    def __init__(self, sizes: list[int], segment_of: list[int], rule: Rule, device: torch.device) -> None:
         total = sum(sizes)
-        torch.manual_seed(0)
-        self.p, self.g = torch.randn(total), torch.randn(total)
-        self.states = {k: torch.rand(total) for k in rule.keys}
+        torch.manual_seed(0)  # the same values on every device
+        self.p, self.g = torch.randn(total).to(device), torch.randn(total).to(device)
+        self.states = {k: torch.rand(total).to(device) for k in rule.keys}
         bounds, lo = [], 0
         for n in sizes:
             bounds.append((lo, lo + n))
@@ -139,14 +147,16 @@ class Bucket:
         for s in sorted(set(segment_of)):
             members = [bounds[i] for i, seg in enumerate(segment_of) if seg == s]
             self.segments.append((members[0][0], members[-1][1]))
-        self.seg = torch.empty(total, dtype=torch.int64)
+        seg = torch.empty(total, dtype=torch.int64)
         for i, (a, z) in enumerate(self.segments):
-            self.seg[a:z] = i
+            seg[a:z] = i
+        self.seg = seg.to(device)
 
     def copies(self, shapes: list[torch.Size]) -> Callable[[], None]:
         """What a bucket copies each step for params of these shapes, kept apart from it."""
         torch.manual_seed(1)
-        params, grads = [torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes]
+        device = self.p.device
+        params, grads = [torch.randn(s).to(device) for s in shapes], [torch.randn(s).to(device) for s in shapes]
         flat_grads = [g.view(-1) for g in grads]
         views, lo = [], 0
         for s in shapes:
@@ -174,7 +184,7 @@ def prepared(rule: Callable[..., None], statics: dict[str, Any], p: Tensor, g: T
     the generated ``call`` (~1.2 µs more a call); compiled by a first call through ``_Kernel``.
     ``bare=False`` for kernels that index: ``_Kernel.bare`` checks the function on drawn
     inputs, and a drawn index out of bounds aborts the process."""
-    k = _fused.kernel(rule, statics, torch.float32, torch.device("cpu"))
+    k = _fused.kernel(rule, statics, torch.float32, p.device)
     args = (p, g, states, numbers, None, None)
     k(*args)
     signature = _fused._signature(states, numbers, None, None)
@@ -196,13 +206,13 @@ def variant(name: str, rule: Rule, bucket: Bucket, tables: Tables) -> Callable[[
     p, g, states = bucket.p, bucket.g, bucket.states
     if name == "per group":
         calls = [(prepared(rule.rule, rule.statics, p[a:z], g[a:z], {k: t[a:z] for k, t in states.items()},
-                           tables.views[i]), z - a <= _lane.SERIAL_MAX_NUMEL)
+                           tables.views[i]), p.device.type == "cpu" and z - a <= _lane.SERIAL_MAX_NUMEL)
                  for i, (a, z) in enumerate(bucket.segments)]
         serial = [call for call, small in calls if small]
         parallel = [call for call, small in calls if not small]
 
         def run() -> None:
-            threads = _private.one_thread()
+            threads = _private.one_thread() if serial else 0
             try:
                 for call in serial:
                     call()
@@ -223,7 +233,7 @@ def variant(name: str, rule: Rule, bucket: Bucket, tables: Tables) -> Callable[[
         numbers["seg"] = bucket.seg.to(_INDEX[name])
         return prepared(rule.segmented, rule.statics, p, g, states, numbers, bare=False)
     if name == "per element":
-        expanded = {key: torch.empty(p.numel(), dtype=torch.float32) for key in rule.varying()}
+        expanded = {key: torch.empty(p.numel(), dtype=torch.float32, device=p.device) for key in rule.varying()}
 
         def expand() -> None:
             for key, out in expanded.items():
@@ -247,7 +257,7 @@ def _ulps(a: Tensor, b: Tensor) -> float:
     return float(((a - b).abs() / spacing).max())
 
 
-def one(set_name: str, optimizer: str, layout: str, rounds: int, steps: int) -> dict[str, Any]:
+def one(set_name: str, optimizer: str, layout: str, rounds: int, steps: int, device: torch.device) -> dict[str, Any]:
     names, params = zip(*sets.named(set_name))
     small = [i for i, t in enumerate(params) if t.numel() <= _engine.FUSED_PACK_MAX_NUMEL]
     if layout == "tensor":
@@ -261,13 +271,13 @@ def one(set_name: str, optimizer: str, layout: str, rounds: int, steps: int) -> 
     order = sorted(range(len(small)), key=lambda j: segment_of[j])
     rule = Rule(optimizer)
     sizes = [params[small[j]].numel() for j in order]
-    start = Bucket(sizes, [segment_of[j] for j in order], rule)
+    start = Bucket(sizes, [segment_of[j] for j in order], rule, device)
     lrs = [1e-3 * groups.DECAY ** (i % 20) * (1 + i / 1000) for i in range(len(start.segments))]
     buckets = {name: start.copy() for name in VARIANTS}
-    tables = Tables(rule, lrs)
+    tables = Tables(rule, lrs, device)
     tables.write(1)
     # Compiled first at the size the engine warms its kernels at, which Inductor tunes for.
-    warm = Bucket([_fused._WARM_NUMEL], [0], rule)
+    warm = Bucket([_fused._WARM_NUMEL], [0], rule, device)
     for name in VARIANTS:
         variant(name, rule, warm, tables)
     # Each built (one step) from the same start, and checked.
@@ -277,15 +287,15 @@ def one(set_name: str, optimizer: str, layout: str, rounds: int, steps: int) -> 
                            *(_ulps(buckets["per group"].states[k], buckets[name].states[k]) for k in rule.keys))
                  for name in VARIANTS if name != "one number"}
     times: dict[str, list[float]] = {name: [] for name in (*runs, "numbers")}
+    timer = timer_for(str(device))
+
+    def repeat(run: Callable[[], None]) -> None:
+        for _ in range(steps):
+            run()
     for step in range(2, rounds + 2):
-        begin = time.perf_counter()
-        tables.write(step)
-        times["numbers"].append(time.perf_counter() - begin)
+        times["numbers"].append(timer.seconds(lambda: tables.write(step)))
         for name, run in runs.items():
-            begin = time.perf_counter()
-            for _ in range(steps):
-                run()
-            times[name].append((time.perf_counter() - begin) / steps)
+            times[name].append(timer.seconds(lambda: repeat(run)) / steps)
     return {"set": set_name, "optimizer": optimizer, "layout": layout, "segments": len(start.segments),
             "params": len(small), "numel": start.p.numel(), "rounds": rounds, "steps_per_round": steps,
             "agreement_ulps": agreement, "us": {name: statistics.median(v) * 1e6 for name, v in times.items()}}
@@ -298,17 +308,20 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     ap.add_argument("--layouts", nargs="+", choices=["tensor", "block"], default=["tensor", "block"])
     ap.add_argument("--rounds", type=int, default=31)
     ap.add_argument("--steps-per-round", type=int, default=5)
-    ap.add_argument("--json", type=Path, default=RESULTS / "segments_cpu.json")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    ap.add_argument("--json", type=Path, default=None, help="default: results/segments_<device type>.json")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
     rows = []
     for set_name in args.sets:
         for optimizer in args.optimizers:
             for layout in args.layouts:
-                row = one(set_name, optimizer, layout, args.rounds, args.steps_per_round)
+                row = one(set_name, optimizer, layout, args.rounds, args.steps_per_round, device)
                 rows.append(row)
                 print(f"{set_name:10} {optimizer:6} {layout:7} {row['segments']:4} segments {row['numel']:6} elements"
                       + "".join(f"  {name} {us:8.1f}" for name, us in row["us"].items()) + "   (µs)", flush=True)
-    report.write_record(args.json, "segments.py", argv, rows, private_apis=_private.enabled())
+    report.write_record(args.json or RESULTS / f"segments_{device.type}.json", "segments.py", argv, rows,
+                        device=str(device), private_apis=_private.enabled())
     return rows
 
 

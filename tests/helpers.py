@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import math
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 
 import pytest
@@ -109,3 +113,12 @@ def at_operand_scale(tol: dict, expected: torch.Tensor) -> dict:
         return tol
     ulp = torch.finfo(expected.dtype).eps * 2.0 ** math.floor(math.log2(float(finite.max())))
     return {**tol, "atol": max(tol.get("atol", 0.0), 2 * ulp)}
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` as a module."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)

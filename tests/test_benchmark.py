@@ -5,7 +5,6 @@ subprocess."""
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import re
 import shlex
@@ -21,6 +20,8 @@ import torch_gd
 from torch_gd.benchmark import cli, groups, isolated, measure, optimizers, progress, sets
 from torch_gd.benchmark.run import Config, run
 from torch_gd.benchmark.timing import CpuTimer, EventTimer, WallTimer, timer_for
+
+from .helpers import benchmark_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -470,17 +471,8 @@ def test_the_floor_takes_torchs_fused_step(optimizer):
         torch.testing.assert_close(got, p.detach())
 
 
-def _script(name):
-    """``benchmarks/NAME.py`` as a module."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
-
-
 def test_floor_script_records_every_part_against_torch_fused(tmp_path):
-    script = _script("floor")
+    script = benchmark_script("floor")
     out = tmp_path / "floor.json"
     result = script.main(["--sets", "20x100", "--optimizers", "SGD", "--rounds", "2", "--json", str(out)])
     assert json.loads(out.read_text()) == result
@@ -493,7 +485,7 @@ def test_floor_script_records_every_part_against_torch_fused(tmp_path):
 
 
 def test_fixed_cost_script_records_small_sets_and_layouts(tmp_path, capsys):
-    script = _script("fixed_cost")
+    script = benchmark_script("fixed_cost")
     out = tmp_path / "fixed_cost.json"
     result = script.main(["--rounds", "1", "--steps-per-round", "1", "--optimizers", "SGD", "--small-sets",
                           "mlp-policy", "--group-sets", "lenet", "--groups", "tensor", "--json", str(out)])
@@ -510,7 +502,7 @@ def test_fixed_cost_script_records_small_sets_and_layouts(tmp_path, capsys):
 
 
 def test_host_time_script_takes_host_as_step_minus_kernels_alone(tmp_path):
-    script = _script("host_time")
+    script = benchmark_script("host_time")
     out = tmp_path / "host.json"
     rows = script.main(["--sets", "lenet", "--optimizers", "SGD", "--rounds", "2", "--steps", "1", "--json", str(out)])
     assert json.loads(out.read_text())["rows"] == rows
@@ -523,7 +515,7 @@ def test_host_time_script_takes_host_as_step_minus_kernels_alone(tmp_path):
 
 
 def test_host_phases_script_times_each_phase_both_ways_and_restores_the_engine(tmp_path):
-    script = _script("host_phases")
+    script = benchmark_script("host_phases")
     originals = [owner.__dict__[name] for owner, name, _ in script.PHASES]
     run_call = script._fused.run_call
     out = tmp_path / "phases.json"
@@ -539,7 +531,7 @@ def test_host_phases_script_times_each_phase_both_ways_and_restores_the_engine(t
 
 
 def test_segments_script_times_every_way_numbers_reach_a_bucket_and_they_agree(tmp_path):
-    script = _script("segments")
+    script = benchmark_script("segments")
     out = tmp_path / "segments.json"
     rows = script.main(["--sets", "lenet", "--rounds", "1", "--steps-per-round", "1", "--json", str(out)])
     assert json.loads(out.read_text())["rows"] == rows
@@ -561,7 +553,7 @@ def test_segments_script_times_every_way_numbers_reach_a_bucket_and_they_agree(t
 
 
 def test_fused_packing_script_plans_each_variant_with_its_thresholds_and_restores_them(tmp_path):
-    script = _script("fused_packing")
+    script = benchmark_script("fused_packing")
     before = (script._engine.FUSED_PACK_MAX_NUMEL, script._engine.FUSED_PACK_MIN_PARAMS)
     out = tmp_path / "packing.json"
     record = script.main(["--sets", "40x100", "--optimizers", "SGD", "--rounds", "1", "--steps-per-round", "1",
@@ -579,7 +571,7 @@ def test_fused_packing_script_plans_each_variant_with_its_thresholds_and_restore
 
 
 def test_eager_groups_script_splits_a_group_per_tensor_into_host_work_and_rule_ops(tmp_path):
-    script = _script("eager_groups")
+    script = benchmark_script("eager_groups")
     out = tmp_path / "eager_groups.json"
     (row,) = script.main(["--sets", "lenet", "--optimizers", "SGD", "--rounds", "1", "--steps-per-round", "1",
                           "--json", str(out)])

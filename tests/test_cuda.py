@@ -8,7 +8,6 @@ benchmark included, is meant to take minutes on one GPU.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ import torch
 import torch_gd
 from torch_gd import _engine, _private
 
-from .helpers import assert_params_close, assert_state_close, tol
+from .helpers import assert_params_close, assert_state_close, benchmark_script, tol
 from .registry import CASES
 
 pytestmark = [
@@ -196,3 +195,26 @@ def test_quick_benchmark_on_cuda(tmp_path):
     assert result["meta"]["device"] == "cuda" and result["rows"]
     assert all(row["device"] == "cuda" for row in result["rows"])
     assert {row["impl"] for row in result["rows"]} >= {"torch_gd fused"}
+
+
+def test_the_bucket_studies_run_on_cuda(tmp_path):
+    """``benchmarks/segments.py`` and ``benchmarks/fused_packing.py`` with ``--device cuda``: the
+    measurements that decide, on a GPU, buckets across param groups and the fused packing
+    thresholds. Every way of handing a bucket its groups' numbers updates what the per-group
+    calls update (compiled fp32 kernels of the same maths may contract an operation differently:
+    2 ulps)."""
+    segments = benchmark_script("segments")
+    out = tmp_path / "segments.json"
+    rows = segments.main(["--device", "cuda", "--sets", "lenet", "--rounds", "1", "--steps-per-round", "1",
+                          "--json", str(out)])
+    assert json.loads(out.read_text())["device"] == "cuda"
+    for r in rows:
+        assert r["agreement_ulps"]["per group"] == 0
+        assert all(r["agreement_ulps"][name] <= 2 for name in ("table int32", "table int16", "per element")), r
+    packing = benchmark_script("fused_packing")
+    record = packing.main(["--device", "cuda", "--sets", "40x100", "--optimizers", "SGD", "--rounds", "1",
+                           "--steps-per-round", "1", "--json", str(tmp_path / "packing.json")])
+    assert record["device"] == "cuda"
+    (row,) = record["rows"]
+    assert row["buckets"]["current"] == [[40, 4000]]
+    assert row["buckets"]["never"] == ([] if record["private_apis"] else [[40, 4000]])
