@@ -18,10 +18,9 @@ The thresholds apply where the fused kernels are called directly: with the priva
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -36,24 +35,13 @@ VARIANTS = {"current": (_engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PAR
             "min 256": (_engine.FUSED_PACK_MAX_NUMEL, 256), "never": (0, 1 << 62)}
 
 
-@contextlib.contextmanager
-def thresholds(max_numel: int, min_params: int) -> Iterator[None]:
-    saved = _engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PARAMS
-    _engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PARAMS = max_numel, min_params
-    try:
-        yield
-    finally:
-        _engine.FUSED_PACK_MAX_NUMEL, _engine.FUSED_PACK_MIN_PARAMS = saved
-
-
 def calls(optimizer: str, params: list[torch.nn.Parameter]) -> tuple[dict[str, Any], dict[str, list]]:
     """Each step to time, and each variant's buckets as ``describe()`` gives them: (params, numel)."""
     steps = {"torch fused": optimizers.build(optimizer, "torch fused", sets.clone(params)).step}
     buckets = {}
     for name, (max_numel, min_params) in VARIANTS.items():
         opt = optimizers.build(optimizer, "torch_gd fused", sets.clone(params))
-        with thresholds(max_numel, min_params):
-            opt.step()  # planned here
+        optimizers.planned_with(opt, _engine, steps=1, FUSED_PACK_MAX_NUMEL=max_numel, FUSED_PACK_MIN_PARAMS=min_params)
         steps[name] = opt.step
         buckets[name] = [[b["params"], b["numel"]] for g in opt.describe()["groups"].values() for b in g["buckets"]]
     return steps, buckets

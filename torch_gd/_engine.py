@@ -22,6 +22,7 @@ The fused path (``_fused``) runs the compiled rule where the eager paths call th
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import sys
 from collections import defaultdict
@@ -39,6 +40,7 @@ from ._private import is_fake
 from ._ops import real_view
 from ._fused import Call, Prepared, storage_order
 from ._lane import Lane, direct_grads
+from ._many import Many
 from ._scatter import Scatter
 from ._state import State, repoint
 from ._steady import Program, param_kind
@@ -58,6 +60,10 @@ FUSED_PACK_MIN_PARAMS = 16
 # core and 32 MB of L3 here), so a packed step streams each param from memory about once, and
 # the buffer costs a chunk rather than a copy of the params.
 CHUNK_NUMEL = 1 << 18
+# A steady eager step updates per-tensor params of one device and dtype together, through torch's
+# multi-tensor ops (``Many``), up to this many elements at a time: each needs its own scratch, so
+# a run's scratch is at most this or its one param (measured: ``benchmarks/eager_runs.py``).
+RUN_MAX_NUMEL = 1 << 18
 # ``_Bucket.uniform`` after steps traced by dynamo: every param of the bucket at one step count,
 # which only the step tensors hold (``StepCounts.stale``).
 _ON_DEVICE = -1
@@ -74,7 +80,8 @@ class Spec:
     ``uses_first`` marks rules that read ``first``. ``init`` fills a state tensor (a real view)
     before its param's first step. ``coefficients(step, **hyper)`` derives the step's scalars
     the rule reads (bias corrections), so that a fused kernel gets them precomputed.
-    ``pack_max_numel`` lowers the packing threshold (``PACK_MAX_NUMEL``) for rules of few ops.
+    ``pack_max_numel`` lowers the packing threshold (``PACK_MAX_NUMEL``) and ``pack_min_params``
+    raises the number of params a bucket needs, for rules of few ops.
     """
 
     rule: Callable[..., None]
@@ -83,6 +90,7 @@ class Spec:
     init: Callable[[str, Tensor, dict], Any] = lambda key, t, group: t.zero_()
     coefficients: Optional[Callable[..., dict[str, Any]]] = None
     pack_max_numel: Optional[int] = None
+    pack_min_params: int = 2
 
     def with_coefficients(self, kw: dict[str, Any]) -> dict[str, Any]:
         """``kw`` plus the step's scalar coefficients (bias corrections, decayed rates): a
@@ -175,9 +183,9 @@ class _Plan:
     call: Optional[Call] = None
     # The step counters of ``direct``, as one tensor when they share a device and dtype.
     direct_counters: Optional[Tensor] = None
-    # For eager groups, what each per-tensor param's rule takes besides its grad (``_LooseParam``), in
-    # ``take_loose`` order, and the ``state.version`` it was read at.
-    loose_params: Optional[list["_LooseParam"]] = None
+    # For eager groups, the per-tensor params as steady steps update them (``_LooseRun``), and the
+    # ``state.version`` they were read at.
+    loose_runs: Optional[list["_LooseRun"]] = None
     loose_version: Optional[int] = None
 
     def counters(self) -> list[Tensor]:
@@ -214,14 +222,21 @@ class _Direct:
 
 
 @dataclass(eq=False)
-class _LooseParam:
-    """A per-tensor param of an eager group as a steady step updates it: its state tensors by
-    key, its ``step`` tensor (rules that count), and its scratch buffer."""
+class _LooseRun:
+    """Per-tensor params of an eager group that a steady step updates together: their positions
+    among the group's per-tensor params (``_Plan.take_loose`` order), what each one's rule takes
+    besides its grad (its state tensors by key, its ``step`` tensor for rules that count, its
+    scratch buffer, disjoint from the others'), and for a run of several, the same as ``Many``
+    lists: one rule call then updates them all through torch's multi-tensor ops."""
 
-    p: Tensor
-    states: dict[str, Tensor]
-    step: Optional[Tensor]
-    scratch: Optional[Tensor]
+    at: list[int]
+    params: list[Tensor]
+    states: list[dict[str, Tensor]]
+    steps: list[Tensor]
+    scratch: list[Optional[Tensor]]
+    ids: list[int]
+    # The params as ``Many``, and the rule's other tensors (state by key, ``scratch``) as ``Many``.
+    many: Optional[tuple[Many, dict[str, Any]]] = None
 
 
 @dataclass
@@ -248,6 +263,8 @@ class _Work:
     direct_grads: Optional[list[Tensor]] = None
     # An eager step's pending ``clip_grad_norm``: its factor scales each grad as it enters the rule.
     clip: Optional[PendingClip] = None
+    # Every number of ``kw`` a Python number (no tensor lr, betas, ...): the rule may run over ``Many``.
+    plain: bool = False
 
     def release(self) -> None:
         """Drop this step's grads once it has run: a recorded step that kept them would keep
@@ -338,6 +355,7 @@ class Engine:
                             for b in plan.buckets],
                 "per_tensor": len(plan.take_loose(plan.params)),
                 "prepared": plan.launch is not None,
+                "runs": [r.ids for r in plan.loose_runs or ()],
             }
             if plan.call is not None:
                 for k in plan.call.kernels():
@@ -512,7 +530,7 @@ class Engine:
         by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
         distinct = _distinct(group["params"])
         direct = bool(group.get("fused")) and _private.enabled()
-        limit = min(PACK_MAX_NUMEL, self.spec.pack_max_numel or PACK_MAX_NUMEL)
+        limit = PACK_MAX_NUMEL if self.spec.pack_max_numel is None else min(PACK_MAX_NUMEL, self.spec.pack_max_numel)
         if direct:
             limit = min(limit, FUSED_PACK_MAX_NUMEL)
         if group["foreach"] is not False and not group.get("differentiable", False):
@@ -523,8 +541,9 @@ class Engine:
         # A bucket of one param would only add copies of it: it is updated in place. Small
         # params whose state has another dtype (``model.double()`` mid-training) are packed
         # whatever their number: packing converts their state.
+        least = FUSED_PACK_MIN_PARAMS if direct else self.spec.pack_min_params
         buckets = [self._pack(ps, layout(ps[0].dtype), on_device, counted, state) for ps in by_kind.values()
-                   if len(ps) >= (FUSED_PACK_MIN_PARAMS if direct and not _retyped(ps, state, layout) else 2)]
+                   if len(ps) >= (2 if _retyped(ps, state, layout) else least)]
         where = {id(p): (b, i) for b in buckets for i, p in enumerate(b.params)}
         position = {id(p): i for i, p in enumerate(distinct)}
         for b in buckets:
@@ -657,6 +676,7 @@ class Engine:
         flat_grads = direct_grads(plan.direct, loose, checked=False) if prepared else None
         direct = flat_grads is not None
         kw = {k: _f64(v) for k, v in hyper.items()}
+        plain = not any(isinstance(v, Tensor) for v in kw.values())
         kw.update(first=False, scratch=None)
         layout = functools.partial(_precision.state_dtypes, keys, kw)
         made: dict[int, dict[str, Tensor]] = {}
@@ -684,7 +704,7 @@ class Engine:
             else:
                 fused.load_amp(*amp)
         return _Work(group, keys, on_device, packed, loose, kw, fused, plan, whole, complete, direct, made,
-                     flat_grads, clip)
+                     flat_grads, clip, plain)
 
     def execute(self, work: _Work, state: dict) -> None:
         if work.precise and work.fused is None and not self.spec.uses_step:
@@ -758,44 +778,73 @@ class Engine:
 
     def _run_loose(self, work: _Work, state: dict) -> bool:
         """The per-tensor params of a steady eager step, from what the plan keeps of them
-        (``_LooseParam``, read again after any change to ``optimizer.state``): the rule and the
-        host counts only, ~2 µs a param less than ``_run_one``. False (nothing done) where the step
-        needs ``_run_one``: not steady, state made this step, a clip, a precision policy,
-        counts on the device, dynamo tracing, complex or DTensor params, a param's count not on
-        the host. Everything is checked before the first param is updated."""
+        (``_LooseRun``, read again after any change to ``optimizer.state``): a run of several
+        params at one step count, with plain numbers and dense grads, in one rule call over
+        ``Many``; any other param alone, by the rule and the host counts only (~2 µs a param
+        less than ``_run_one``). False (nothing done) where the step needs ``_run_one``: not
+        steady, state made this step, a clip, a precision policy, counts on the device, dynamo
+        tracing, complex or DTensor params, a param's count not on the host. Everything is
+        checked before the first param is updated."""
         plan, uses_step = work.plan, self.spec.uses_step
         if (not work.whole or work.fused is not None or work.clip is not None or work.precise or work.on_device
                 or work.made or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
             return False
-        if plan.loose_params is None or plan.loose_version != state.version:
-            plan.loose_params = self._read_loose([p for p, _ in work.loose], work.keys, state)
+        if plan.loose_runs is None or plan.loose_version != state.version:
+            plan.loose_runs = self._read_loose([p for p, _ in work.loose], work.keys, state)
             plan.loose_version = state.version
-        kw, host, rule = work.kw, self.counts.host, self.spec.rule
+        kw, host, counts, rule = work.kw, self.counts.host, self.counts, self.spec.rule
         # ``work.whole``: the plan's params in its order, as ``Engine._steady`` checked.
-        if plan.loose_params is None or (uses_step and not all(id(p) in host for p, _ in work.loose)):
+        if plan.loose_runs is None or (uses_step and not all(id(p) in host for p, _ in work.loose)):
             return False
         kw["first"] = False
-        for (p, g), lp in zip(work.loose, plan.loose_params):
-            if lp.step is not None:
-                count = host[id(p)] + 1
-                lp.step += 1
-                host[id(p)] = kw["step"] = count
-            kw["scratch"] = lp.scratch
-            kw.update(lp.states)
-            rule(p, g, **self.spec.with_coefficients(kw))
+        many = work.plain and not torch.is_grad_enabled()
+        for run in plan.loose_runs:
+            grads = [work.loose[i][1] for i in run.at]
+            if run.many is not None and many and not any(g.is_sparse for g in grads) and (
+                    not uses_step or len({host[i] for i in run.ids}) == 1):
+                if uses_step:
+                    torch._foreach_add_(run.steps, 1)
+                    kw["step"] = host[run.ids[0]] + 1
+                    counts.set(run.ids, kw["step"])
+                kw.update(run.many[1])
+                rule(run.many[0], Many(grads), **self.spec.with_coefficients(kw))
+                continue
+            for j, g in enumerate(grads):
+                if uses_step:
+                    pid = run.ids[j]
+                    run.steps[j] += 1
+                    host[pid] = kw["step"] = host[pid] + 1
+                kw["scratch"] = run.scratch[j]
+                kw.update(run.states[j])
+                rule(run.params[j], g, **self.spec.with_coefficients(kw))
         return True
 
-    def _read_loose(self, params: list[Tensor], keys: tuple[str, ...], state: dict) -> Optional[list[_LooseParam]]:
-        """``_LooseParam`` of each of ``params`` (every one with its state), or None where one is
-        not plain: complex, a DTensor, or without all of its state."""
-        read = []
+    def _read_loose(self, params: list[Tensor], keys: tuple[str, ...], state: dict) -> Optional[list[_LooseRun]]:
+        """``params`` (every one with its state) as runs (``_LooseRun``): those of one device and
+        dtype, up to ``RUN_MAX_NUMEL`` elements a run, together; a sparse-grad param alone. None
+        where one is not plain: complex, a DTensor, or without all of its state."""
         needed = (*keys, "step") if self.spec.uses_step else keys
-        for p in params:
+        by_kind: dict[Hashable, list[list[int]]] = defaultdict(list)
+        for i, p in enumerate(params):
             st = state.get(p, _EMPTY)
             if _is_dtensor(p) or p.is_complex() or any(k not in st for k in needed):
                 return None
-            read.append(_LooseParam(p, {k: st[k] for k in keys}, st["step"] if self.spec.uses_step else None,
-                                    self._scratch_for(p)))
+            kind = (p.device, p.dtype) if id(p) not in self.sparse else i
+            runs = by_kind[kind]
+            if not runs or sum(params[j].numel() for j in runs[-1]) + p.numel() > RUN_MAX_NUMEL:
+                runs.append([])
+            runs[-1].append(i)
+        read = []
+        for at in (at for runs in by_kind.values() for at in runs):
+            ps = [params[i] for i in at]
+            sts = [state[p] for p in ps]
+            run = _LooseRun(at, ps, [{k: st[k] for k in keys} for st in sts],
+                            [st["step"] for st in sts] if self.spec.uses_step else [],
+                            self._scratch_run(ps), [id(p) for p in ps])
+            if len(at) > 1:
+                run.many = (Many(ps), {"scratch": None if run.scratch[0] is None else Many(run.scratch),
+                                       **{k: Many([s[k] for s in run.states]) for k in keys}})
+            read.append(run)
         return read
 
     def _run_direct(self, work: _Work) -> None:
@@ -1022,8 +1071,8 @@ class Engine:
         made: dict[int, dict[str, Tensor]] = {}
         fused, uses_step = bool(group.get("fused")), self.spec.uses_step
         policy = _precision.active(group)
+        self._reserve_scratch([p for p, _ in loose], runs=not fused)
         for p, _ in loose:
-            self._scratch_for(p)
             st = state.get(p, _EMPTY)
             dtypes = layout(p.dtype)
             keys = tuple(dtypes)
@@ -1118,25 +1167,47 @@ class Engine:
         if not _precision.init(key, t, p):
             self.spec.init(key, t, group)
 
-    def _scratch_for(self, p: Tensor) -> Optional[Tensor]:
-        """A p-shaped tensor for the rule's temporaries, reused across params and steps.
+    def _scratch_for(self, p: Tensor, offset: int = 0) -> Optional[Tensor]:
+        """A p-shaped tensor for the rule's temporaries, reused across params and steps: the
+        shared buffer of ``p``'s device and dtype from element ``offset`` on.
 
         None under autograd (``differentiable=True``): ``out=`` ops do not record a graph.
         """
         if torch.is_grad_enabled():
             return None
         view = self._scratch_views.get(id(p))
-        if view is not None and view.shape == p.shape and view.dtype == p.dtype:
+        if view is not None and view.shape == p.shape and view.dtype == p.dtype and view.storage_offset() == offset:
             return view
-        key = (p.device, p.dtype)
-        buf = self._scratch.get(key)
-        if buf is None or buf.numel() < p.numel():
-            buf = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
-            self._scratch[key] = buf
-            self._scratch_views.clear()
-        view = real_view(_segment_view(buf, p.shape, p.stride(), 0))
+        buf = self._scratch_buffer(p.device, p.dtype, offset + p.numel())
+        view = real_view(_segment_view(buf, p.shape, p.stride(), offset))
         self._scratch_views[id(p)] = view
         return view
+
+    def _scratch_buffer(self, device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:
+        """The shared scratch buffer of ``device`` and ``dtype``, grown to ``numel`` elements."""
+        buf = self._scratch.get((device, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = self._scratch[(device, dtype)] = torch.empty(numel, dtype=dtype, device=device)
+            self._scratch_views.clear()
+        return buf
+
+    def _reserve_scratch(self, params: list[Tensor], runs: bool) -> None:
+        """Allocate now the scratch that steps of these per-tensor params may need: each one's,
+        and with ``runs`` a run's (``_read_loose``), so that no step allocates it half-way."""
+        if torch.is_grad_enabled():
+            return
+        sizes: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+        for p in params:
+            sizes[(p.device, p.dtype)].append(p.numel())
+        for (device, dtype), ns in sizes.items():
+            self._scratch_buffer(device, dtype, min(sum(ns), max(RUN_MAX_NUMEL, *ns)) if runs else max(ns))
+
+    def _scratch_run(self, params: list[Tensor]) -> list[Optional[Tensor]]:
+        """Disjoint scratch tensors for ``params`` (one device and dtype), updated together."""
+        ends = list(itertools.accumulate(p.numel() for p in params))
+        if not torch.is_grad_enabled():
+            self._scratch_buffer(params[0].device, params[0].dtype, ends[-1])
+        return [self._scratch_for(p, end - p.numel()) for p, end in zip(params, ends)]
 
     def _fresh(self, st: dict, keys: tuple[str, ...]) -> bool:
         """Whether a param has no state yet (torch initialises state at its first step)."""

@@ -152,6 +152,9 @@ class Optimizer(torch.optim.Optimizer):
           values move in and out — ``"addresses"`` (one compiled copy loop), ``"foreach"``, or
           None before its first fused step), ``per_tensor`` (params updated in place, one rule
           call each) and ``prepared`` (whether those calls are prepared for steady fused steps);
+          for an eager group, once a steady step has run, ``runs``: how those params are
+          updated, as lists of the ``id`` of params updated by one rule call (through torch's
+          multi-tensor ops where a list holds several);
         - ``kernels``: the fused kernels the groups use: ``rule``, ``statics`` (flags compiled
           in), ``dtype``, ``device``, ``direct`` (the callables called without dynamo, one per
           call signature), ``bare`` (call signatures whose prepared calls go straight to the

@@ -61,9 +61,11 @@ class SGD(Optimizer):
     torch's arguments) is accepted for symmetry: SGD keeps no step and never reads the device.
     """ + (sgd.__doc__ or "")
 
-    # Three ops a step (momentum) repay packing's copies only below ~16k elements: with the
-    # general threshold, mlp-layernorm's 32768-element weight made the eager step 8% slower.
-    _spec = Spec(rule=sgd, uses_first=True, pack_max_numel=1 << 14)
+    # Three ops a step (momentum), which torch's multi-tensor ops make for a run of params about
+    # as cheaply as for a flat buffer: packing's copies and a bucket's own cost are repaid only by
+    # many small params (``benchmarks/eager_runs.py``: 10000-element params packed took 1.5× torch's
+    # step, in runs 0.85–0.9×; 2000 of 1000 elements in runs 1.13×, packed 0.83×).
+    _spec = Spec(rule=sgd, uses_first=True, pack_max_numel=1 << 12, pack_min_params=16)
     _flag_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False,
                       "fused": False, "capturable": False}
 

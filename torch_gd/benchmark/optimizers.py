@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -58,6 +59,21 @@ def build(optimizer: str, impl: str,
     spec, how = OPTIMIZERS[optimizer], IMPLS[impl]
     cls = spec.theirs if how.library == "torch" else spec.ours
     return cls(params, **spec.kwargs, **how.flags)
+
+
+def planned_with(opt: torch.optim.Optimizer, module: types.ModuleType, steps: int = 3, **constants: Any) -> None:
+    """Take ``steps`` steps of ``opt`` (grads already set) with ``module``'s ``constants`` set to
+    these values, restored after: what the engine plans in its first steps (buckets, runs) then
+    follows them, and is kept while nothing changes."""
+    saved = {name: getattr(module, name) for name in constants}
+    for name, value in constants.items():
+        setattr(module, name, value)
+    try:
+        for _ in range(steps):
+            opt.step()
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
 
 
 def rehearse(optimizer: str, impl: str, device: str, dtype: torch.dtype) -> None:

@@ -1,0 +1,90 @@
+"""How the default (eager) path should update params: packed into a bucket, in runs through
+torch's multi-tensor ops, or one by one. torch's two eager steps beside ours planned three ways,
+timed side by side in one process, interleaved (the order rotating between rounds), median over
+rounds:
+
+- ``as built``: small params packed (``_engine.PACK_MAX_NUMEL``, lower for a rule of few ops:
+  ``Spec.pack_max_numel``), the others in runs of at most ``_engine.RUN_MAX_NUMEL`` elements, one
+  rule call over ``Many`` each;
+- ``one by one``: packed as built, the others one rule call each;
+- ``no packing``: nothing packed, every param in runs;
+- ``no packing, one by one``: every param alone.
+
+Each variant is an optimizer whose first steps run with the module constants set (they plan
+what later steps keep), restored after.
+
+    python benchmarks/eager_runs.py       # the small sets, resnet50, vit_b_16, gpt2-small; SGD and AdamW
+    python benchmarks/eager_runs.py --sets lenet --optimizers SGD --rounds 3 --json /tmp/runs.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from torch_gd import _engine
+from torch_gd.benchmark import measure, optimizers, report, sets
+from torch_gd.benchmark.timing import timer_for
+
+RESULTS = Path(__file__).parent / "results"
+SETS = ("mlp-policy", "lenet", "mlp-layernorm", "resnet50", "vit_b_16", "gpt2-small")
+VARIANTS = {
+    "as built": {},
+    "one by one": {"RUN_MAX_NUMEL": 0},
+    "no packing": {"PACK_MAX_NUMEL": 0},
+    "no packing, one by one": {"PACK_MAX_NUMEL": 0, "RUN_MAX_NUMEL": 0},
+}
+
+
+def calls(optimizer: str, params: list[torch.nn.Parameter]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each step to time, and each variant's plan: its buckets' sizes in params and the sizes
+    of its runs, from ``describe()``."""
+    steps = {impl: optimizers.build(optimizer, impl, sets.clone(params)).step
+             for impl in ("torch for-loop", "torch foreach")}
+    plans = {}
+    for name, constants in VARIANTS.items():
+        opt = optimizers.build(optimizer, "torch_gd default", sets.clone(params))
+        optimizers.planned_with(opt, _engine, **constants)
+        steps[name] = opt.step
+        groups = opt.describe()["groups"].values()
+        plans[name] = {"buckets": [b["params"] for g in groups for b in g["buckets"]],
+                       "runs": [len(r) for g in groups for r in g["runs"]]}
+    return steps, plans
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=list(SETS), type=sets.check)
+    ap.add_argument("--optimizers", nargs="+", default=["SGD", "AdamW"], choices=list(optimizers.OPTIMIZERS))
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--steps-per-round", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    ap.add_argument("--json", type=Path, default=None, help="default: results/eager_runs_<device type>.json")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    for set_name in args.sets:
+        params = sets.parameters(sets.build(set_name), str(device), torch.float32)
+        for optimizer in args.optimizers:
+            steps, plans = calls(optimizer, params)
+            timings = measure.interleaved(steps, timer_for(str(device)), args.rounds, args.steps_per_round)
+            theirs = min(timings["torch for-loop"].median_ms, timings["torch foreach"].median_ms)
+            row = {"set": set_name, "optimizer": optimizer, "tensors": len(params), "plans": plans,
+                   "median_ms": {k: t.median_ms for k, t in timings.items()},
+                   "iqr_ms": {k: t.iqr_ms for k, t in timings.items()},
+                   "vs_torch_eager": {k: t.median_ms / theirs for k, t in timings.items()}}
+            rows.append(row)
+            print(f"{set_name:13} {optimizer:6}" + "".join(f"  {k} {v:.3f}" for k, v in row["vs_torch_eager"].items())
+                  + f"   (× torch's faster eager step, {theirs:.3f} ms)", flush=True)
+            del steps
+            gc.collect()
+    return report.write_record(args.json or RESULTS / f"eager_runs_{device.type}.json", "eager_runs.py", argv,
+                               rows, device=str(device), variants=VARIANTS)
+
+
+if __name__ == "__main__":
+    main()
