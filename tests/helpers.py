@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 import torch
 
+import torch_gd
 from torch_gd import _engine
 
 # Tests that fake a "cuda" device (FakeTensorMode) need a torch built with CUDA, GPU or not.
@@ -23,13 +24,20 @@ needs_cuda_build = pytest.mark.skipif(
 
 @contextlib.contextmanager
 def pack_max_numel(n: int) -> Iterator[None]:
-    """Move the packed/per-tensor boundary so both paths and their mix get exercised."""
-    old = _engine.PACK_MAX_NUMEL
+    """Move the packed/per-tensor boundary so both paths and their mix get exercised: every
+    rule packs its params of at most ``n`` elements, two or more of a kind (SGD as built packs
+    smaller params, and only many of them)."""
+    specs = [cls._spec for cls in (torch_gd.SGD, torch_gd.Adam, torch_gd.AdamW, torch_gd.Adagrad, torch_gd.RMSprop)]
+    old = _engine.PACK_MAX_NUMEL, [(s.pack_max_numel, s.pack_min_params) for s in specs]
     _engine.PACK_MAX_NUMEL = n
+    for s in specs:
+        s.pack_max_numel, s.pack_min_params = None, 2
     try:
         yield
     finally:
-        _engine.PACK_MAX_NUMEL = old
+        _engine.PACK_MAX_NUMEL = old[0]
+        for s, (most, least) in zip(specs, old[1]):
+            s.pack_max_numel, s.pack_min_params = most, least
 
 
 # Per-dtype tolerances for comparing against torch. fp64/fp32 are torch's assert_close defaults

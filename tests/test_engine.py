@@ -28,21 +28,23 @@ def _grads(params, seed):
         p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
 
 
-@pytest.mark.parametrize("cls, limit", [(torch_gd.SGD, 1 << 14), (torch_gd.AdamW, _engine.PACK_MAX_NUMEL)])
-def test_a_rule_of_few_ops_packs_smaller_params(cls, limit):
-    # SGD's three ops a step repay packing's copies only for smaller params than Adam's.
-    sizes = [5, 7, limit, limit + 1]
-    params = [torch.nn.Parameter(torch.randn(n)) for n in sizes]
-    opt = cls(params, lr=0.1, momentum=0.9) if cls is torch_gd.SGD else cls(params, lr=0.1)
-    _grads(params, 1)
-    opt.step()
-    group = opt.describe()["groups"][0]
-    assert [b["numel"] for b in group["buckets"]] == [5 + 7 + limit]
-    assert group["per_tensor"] == 1
+@pytest.mark.parametrize("cls, limit, least", [(torch_gd.SGD, 1 << 12, 16), (torch_gd.AdamW, _engine.PACK_MAX_NUMEL, 2)])
+def test_a_rule_of_few_ops_packs_fewer_params(cls, limit, least):
+    # SGD's three ops a step repay packing's copies and a bucket's own cost only for smaller
+    # and more params than Adam's: the others go in runs through torch's multi-tensor ops.
+    for small in (least - 1, least - 2):
+        params = [torch.nn.Parameter(torch.randn(n)) for n in [5] * small + [limit, limit + 1]]
+        opt = cls(params, lr=0.1, momentum=0.9) if cls is torch_gd.SGD else cls(params, lr=0.1)
+        _grads(params, 1)
+        opt.step()
+        group = opt.describe()["groups"][0]
+        packed = small + 1 >= least
+        assert [b["numel"] for b in group["buckets"]] == ([5 * small + limit] if packed else [])
+        assert group["per_tensor"] == (1 if packed else small + 2)
 
 
 def test_small_params_share_one_flat_state_buffer():
-    params = _params()
+    params = _params(16)
     opt = torch_gd.SGD(params, lr=0.1, momentum=0.9)
     _grads(params, 1)
     opt.step()
@@ -55,8 +57,8 @@ def test_small_params_share_one_flat_state_buffer():
 
 def test_large_params_and_per_tensor_path_own_their_state():
     big = torch.nn.Parameter(torch.randn(_engine.PACK_MAX_NUMEL + 1))
-    small = _params(2)
-    for foreach, expected in ((None, 2), (False, 3)):
+    small = _params(16)
+    for foreach, expected in ((None, 2), (False, 17)):
         opt = torch_gd.SGD([big] + small, lr=0.1, momentum=0.9, foreach=foreach)
         _grads([big] + small, 1)
         opt.step()
@@ -121,8 +123,32 @@ def test_steady_eager_steps_read_a_large_params_state_again_once_it_changes(name
     assert a.describe()["steps"]["replayed"] >= 4
 
 
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+                                     ("Adam", dict(lr=0.1, amsgrad=True, maximize=True)),
+                                     ("AdamW", dict(lr=0.1)),
+                                     ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.1)),
+                                     ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True))])
+def test_steady_eager_steps_update_per_tensor_params_in_runs_like_torchs_for_loop(name, kw):
+    # Large params of one dtype share one rule call over torch's multi-tensor ops; a param of
+    # another dtype runs apart. On the CPU those ops are torch's per-tensor ops: bitwise equal.
+    n = _engine.PACK_MAX_NUMEL + 1
+    gen = torch.Generator().manual_seed(2)
+    values = [torch.randn(n, generator=gen), torch.randn(3, n // 3 + 1, generator=gen), torch.randn(n + 5, generator=gen),
+              torch.randn(n, generator=gen, dtype=torch.float64)]
+    ours, theirs = ([torch.nn.Parameter(v.clone()) for v in values] + _params(2) for _ in range(2))
+    a, b = getattr(torch_gd, name)(ours, **kw), getattr(torch.optim, name)(theirs, foreach=False, **kw)
+    for step in range(5):
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
+        assert_state_close(a, b, rtol=0, atol=0)
+    runs = a.describe()["groups"][0]["runs"]
+    assert [id(ours[3])] in runs
+    assert any({id(p) for p in ours[:3]} <= set(run) for run in runs)
+
+
 def test_load_state_dict_repacks_and_continues():
-    ours, theirs = _params(), _params()
+    ours, theirs = _params(16), _params(16)
     a = torch_gd.SGD(ours, lr=0.1, momentum=0.9)
     # foreach=None: a checkpoint's group flags are loaded too, and foreach=False means per-tensor.
     b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9)
@@ -138,7 +164,7 @@ def test_load_state_dict_repacks_and_continues():
 
 
 def test_a_param_moved_to_another_dtype_after_a_step_is_repacked():
-    params = _params()
+    params = _params(16)
     opt = torch_gd.SGD(params, lr=0.1, momentum=0.9)
     _grads(params, 0)
     opt.step()

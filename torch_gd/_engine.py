@@ -335,7 +335,7 @@ class Engine:
         self.sparse: set[int] = set()
         self._plans: dict[int, _Plan] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        self._scratch_views: dict[int, Tensor] = {}
+        self._scratch_views: dict[int, tuple[int, Tensor]] = {}  # by id(param): (offset, view)
         self._program: Optional[Program] = None
         # The recorded program's large-param calls across groups (``_lane``): None until built
         # at its first replay.
@@ -837,7 +837,7 @@ class Engine:
         read = []
         for at in (at for runs in by_kind.values() for at in runs):
             ps = [params[i] for i in at]
-            sts = [state[p] for p in ps]
+            sts = [state.get(p, _EMPTY) for p in ps]
             run = _LooseRun(at, ps, [{k: st[k] for k in keys} for st in sts],
                             [st["step"] for st in sts] if self.spec.uses_step else [],
                             self._scratch_run(ps), [id(p) for p in ps])
@@ -1071,7 +1071,7 @@ class Engine:
         made: dict[int, dict[str, Tensor]] = {}
         fused, uses_step = bool(group.get("fused")), self.spec.uses_step
         policy = _precision.active(group)
-        self._reserve_scratch([p for p, _ in loose], runs=not fused)
+        self._reserve_scratch([p for p, _ in loose], runs=not fused and not torch.compiler.is_compiling())
         for p, _ in loose:
             st = state.get(p, _EMPTY)
             dtypes = layout(p.dtype)
@@ -1175,12 +1175,12 @@ class Engine:
         """
         if torch.is_grad_enabled():
             return None
-        view = self._scratch_views.get(id(p))
-        if view is not None and view.shape == p.shape and view.dtype == p.dtype and view.storage_offset() == offset:
-            return view
+        kept = self._scratch_views.get(id(p))
+        if kept is not None and kept[0] == offset and kept[1].shape == p.shape and kept[1].dtype == p.dtype:
+            return kept[1]
         buf = self._scratch_buffer(p.device, p.dtype, offset + p.numel())
         view = real_view(_segment_view(buf, p.shape, p.stride(), offset))
-        self._scratch_views[id(p)] = view
+        self._scratch_views[id(p)] = (offset, view)
         return view
 
     def _scratch_buffer(self, device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import types
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -61,19 +60,21 @@ def build(optimizer: str, impl: str,
     return cls(params, **spec.kwargs, **how.flags)
 
 
-def planned_with(opt: torch.optim.Optimizer, module: types.ModuleType, steps: int = 3, **constants: Any) -> None:
-    """Take ``steps`` steps of ``opt`` (grads already set) with ``module``'s ``constants`` set to
-    these values, restored after: what the engine plans in its first steps (buckets, runs) then
-    follows them, and is kept while nothing changes."""
-    saved = {name: getattr(module, name) for name in constants}
-    for name, value in constants.items():
-        setattr(module, name, value)
+def planned_with(opt: torch.optim.Optimizer, patches: dict[Any, dict[str, Any]], steps: int = 3) -> None:
+    """Take ``steps`` steps of ``opt`` (grads already set) with the attributes of each object of
+    ``patches`` (a module's constants, an optimizer's ``Spec``) set to these values, restored
+    after: what the engine plans in its first steps (buckets, runs) then follows them, and is
+    kept while nothing changes."""
+    saved = [(obj, name, getattr(obj, name)) for obj, values in patches.items() for name in values]
+    for obj, values in patches.items():
+        for name, value in values.items():
+            setattr(obj, name, value)
     try:
         for _ in range(steps):
             opt.step()
     finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
+        for obj, name, value in saved:
+            setattr(obj, name, value)
 
 
 def rehearse(optimizer: str, impl: str, device: str, dtype: torch.dtype) -> None:
