@@ -54,7 +54,7 @@ def calls(optimizer: str, params: list[torch.nn.Parameter]) -> tuple[dict[str, A
     for name, patches in VARIANTS.items():
         opt = optimizers.build(optimizer, "torch_gd default", sets.clone(params))
         targets = {"engine": _engine, "spec": type(opt)._spec}
-        optimizers.planned_with(opt, {targets[k]: values for k, values in patches.items()})
+        optimizers.planned_with(opt, [(targets[k], values) for k, values in patches.items()])
         steps[name] = opt.step
         groups = opt.describe()["groups"].values()
         plans[name] = {"buckets": [b["params"] for g in groups for b in g["buckets"]],

@@ -41,7 +41,7 @@ def calls(optimizer: str, params: list[torch.nn.Parameter]) -> tuple[dict[str, A
     buckets = {}
     for name, (max_numel, min_params) in VARIANTS.items():
         opt = optimizers.build(optimizer, "torch_gd fused", sets.clone(params))
-        optimizers.planned_with(opt, {_engine: {"FUSED_PACK_MAX_NUMEL": max_numel, "FUSED_PACK_MIN_PARAMS": min_params}},
+        optimizers.planned_with(opt, [(_engine, {"FUSED_PACK_MAX_NUMEL": max_numel, "FUSED_PACK_MIN_PARAMS": min_params})],
                                 steps=1)
         steps[name] = opt.step
         buckets[name] = [[b["params"], b["numel"]] for g in opt.describe()["groups"].values() for b in g["buckets"]]

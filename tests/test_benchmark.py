@@ -570,6 +570,28 @@ def test_fused_packing_script_plans_each_variant_with_its_thresholds_and_restore
     assert (script._engine.FUSED_PACK_MAX_NUMEL, script._engine.FUSED_PACK_MIN_PARAMS) == before
 
 
+def test_eager_runs_script_plans_each_variant_and_restores_what_it_set(tmp_path):
+    script = benchmark_script("eager_runs")
+    spec = torch_gd.SGD._spec
+    before = (script._engine.PACK_MAX_NUMEL, script._engine.RUN_MAX_NUMEL, spec.pack_max_numel, spec.pack_min_params)
+    out = tmp_path / "runs.json"
+    record = script.main(["--sets", "40x100", "3x40000", "--optimizers", "SGD", "--rounds", "1",
+                          "--steps-per-round", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == record
+    few, large = record["rows"]
+    # 40 params of 100 elements: packed by every packing variant, one run of 40 with none.
+    assert few["plans"]["no packing"] == {"buckets": [], "runs": [40]}
+    assert all(plan == {"buckets": [40], "runs": []} for name, plan in few["plans"].items() if name != "no packing")
+    # 3 params of 40000 elements: never packed; one run of 3, or 3 runs of one.
+    assert large["plans"]["one by one"] == {"buckets": [], "runs": [1, 1, 1]}
+    assert all(plan == {"buckets": [], "runs": [3]} for name, plan in large["plans"].items() if name != "one by one")
+    for row in record["rows"]:
+        assert set(row["vs_torch_eager"]) == {"torch for-loop", "torch foreach", *script.VARIANTS}
+        assert min(row["vs_torch_eager"]["torch for-loop"], row["vs_torch_eager"]["torch foreach"]) == 1
+    assert (script._engine.PACK_MAX_NUMEL, script._engine.RUN_MAX_NUMEL, spec.pack_max_numel,
+            spec.pack_min_params) == before
+
+
 def test_eager_groups_script_splits_a_group_per_tensor_into_host_work_and_rule_ops(tmp_path):
     script = benchmark_script("eager_groups")
     out = tmp_path / "eager_groups.json"

@@ -76,6 +76,24 @@ def test_every_path_matches_torch_on_cuda(case, path):
 
 
 @cases
+def test_runs_of_large_params_match_torch_on_cuda(case):
+    """Steady default steps update large params of one dtype in one run through torch's CUDA
+    multi-tensor kernels: the same values as torch's for-loop at torch's fp32 tolerances."""
+    gen = torch.Generator().manual_seed(0)
+    n = _engine.PACK_MAX_NUMEL + 3
+    ours = [torch.nn.Parameter(torch.randn(s, generator=gen).cuda()) for s in [(n,), (3, n // 3 + 1), (n + 7,)]]
+    theirs = _copies(ours)
+    opt, ref = case.ours(ours, **case.typical), case.theirs(theirs, foreach=False, **case.typical)
+    for _ in range(4):
+        for p, q, g in zip(ours, theirs, _grads(ours, gen)):
+            p.grad, q.grad = g, g.clone()
+        opt.step(), ref.step()
+        assert_params_close(ours, theirs, **tol(torch.float32))
+        assert_state_close(opt, ref, **tol(torch.float32))
+    assert [id(p) for p in ours] in opt.describe()["groups"][0]["runs"]
+
+
+@cases
 @pytest.mark.parametrize("private", [True, False], ids=["private-on", "private-off"])
 def test_fused_with_the_private_fast_path_on_and_off(case, private):
     """The same comparison with the fast calls into Inductor's generated code on, and with the
@@ -198,9 +216,9 @@ def test_quick_benchmark_on_cuda(tmp_path):
 
 
 def test_the_bucket_studies_run_on_cuda(tmp_path):
-    """``benchmarks/segments.py`` and ``benchmarks/fused_packing.py`` with ``--device cuda``: the
-    measurements that decide, on a GPU, buckets across param groups and the fused packing
-    thresholds. Every way of handing a bucket its groups' numbers updates what the per-group
+    """``benchmarks/segments.py``, ``benchmarks/fused_packing.py`` and ``benchmarks/eager_runs.py``
+    with ``--device cuda``: the measurements that decide, on a GPU, buckets across param groups
+    and the packing thresholds. Every way of handing a bucket its groups' numbers updates what the per-group
     calls update (compiled fp32 kernels of the same maths may contract an operation differently:
     2 ulps)."""
     segments = benchmark_script("segments")
@@ -218,3 +236,9 @@ def test_the_bucket_studies_run_on_cuda(tmp_path):
     (row,) = record["rows"]
     assert row["buckets"]["current"] == [[40, 4000]]
     assert row["buckets"]["never"] == ([] if record["private_apis"] else [[40, 4000]])
+    runs = benchmark_script("eager_runs")
+    record = runs.main(["--device", "cuda", "--sets", "3x40000", "--optimizers", "SGD", "AdamW", "--rounds", "1",
+                        "--steps-per-round", "1", "--json", str(tmp_path / "runs.json")])
+    assert record["device"] == "cuda"
+    for row in record["rows"]:
+        assert row["plans"]["as built"] == {"buckets": [], "runs": [3]}

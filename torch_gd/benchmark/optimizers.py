@@ -60,13 +60,13 @@ def build(optimizer: str, impl: str,
     return cls(params, **spec.kwargs, **how.flags)
 
 
-def planned_with(opt: torch.optim.Optimizer, patches: dict[Any, dict[str, Any]], steps: int = 3) -> None:
+def planned_with(opt: torch.optim.Optimizer, patches: list[tuple[Any, dict[str, Any]]], steps: int = 3) -> None:
     """Take ``steps`` steps of ``opt`` (grads already set) with the attributes of each object of
     ``patches`` (a module's constants, an optimizer's ``Spec``) set to these values, restored
     after: what the engine plans in its first steps (buckets, runs) then follows them, and is
     kept while nothing changes."""
-    saved = [(obj, name, getattr(obj, name)) for obj, values in patches.items() for name in values]
-    for obj, values in patches.items():
+    saved = [(obj, name, getattr(obj, name)) for obj, values in patches for name in values]
+    for obj, values in patches:
         for name, value in values.items():
             setattr(obj, name, value)
     try:
