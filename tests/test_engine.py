@@ -147,6 +147,28 @@ def test_steady_eager_steps_update_per_tensor_params_in_runs_like_torchs_for_loo
     assert any({id(p) for p in ours[:3]} <= set(run) for run in runs)
 
 
+def test_a_run_falls_back_to_one_call_a_param_where_it_cannot_run_as_one():
+    # A tensor lr, a sparse grad among dense ones and a param that skipped a step each send a
+    # run's params through one rule call each, with the same results as torch's for-loop.
+    n = _engine.PACK_MAX_NUMEL + 1
+    gen = torch.Generator().manual_seed(3)
+    values = [torch.randn(n, generator=gen) for _ in range(3)]
+    for name, kw in (("SGD", dict(lr=torch.tensor(0.1), momentum=0.9)), ("Adagrad", dict(lr=0.1)), ("AdamW", dict(lr=0.1))):
+        ours, theirs = ([torch.nn.Parameter(v.clone()) for v in values] for _ in range(2))
+        a, b = getattr(torch_gd, name)(ours, **kw), getattr(torch.optim, name)(theirs, foreach=False, **kw)
+        for step in range(6):
+            _grads(ours, step), _grads(theirs, step)
+            for ps in (ours, theirs):
+                if name == "Adagrad" and step >= 3:  # a sparse grad from now on
+                    ps[1].grad = ps[1].grad.to_sparse()
+                if name == "AdamW" and step == 2:  # one param sits a step out: counts differ after
+                    ps[0].grad = None
+            a.step(), b.step()
+            assert_params_close(ours, theirs, rtol=0, atol=0)
+            assert_state_close(a, b, rtol=0, atol=0)
+        assert any(len(run) > 1 for run in a.describe()["groups"][0]["runs"]), name
+
+
 def test_load_state_dict_repacks_and_continues():
     ours, theirs = _params(16), _params(16)
     a = torch_gd.SGD(ours, lr=0.1, momentum=0.9)
