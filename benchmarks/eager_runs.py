@@ -21,7 +21,6 @@ steps keep), restored after.
 from __future__ import annotations
 
 import argparse
-import gc
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -29,7 +28,6 @@ import torch
 
 from torch_gd import _engine
 from torch_gd.benchmark import measure, optimizers, report, sets
-from torch_gd.benchmark.timing import timer_for
 
 RESULTS = Path(__file__).parent / "results"
 SETS = ("mlp-policy", "lenet", "mlp-layernorm", "8x1000", "16x1000", "8x10000", "32x10000", "2000x1000",
@@ -72,22 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None, help="default: results/eager_runs_<device type>.json")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    rows = []
-    for set_name in args.sets:
-        params = sets.parameters(sets.build(set_name), str(device), torch.float32)
-        for optimizer in args.optimizers:
-            steps, plans = calls(optimizer, params)
-            timings = measure.interleaved(steps, timer_for(str(device)), args.rounds, args.steps_per_round)
-            theirs = min(timings["torch for-loop"].median_ms, timings["torch foreach"].median_ms)
-            row = {"set": set_name, "optimizer": optimizer, "tensors": len(params), "plans": plans,
-                   "median_ms": {k: t.median_ms for k, t in timings.items()},
-                   "iqr_ms": {k: t.iqr_ms for k, t in timings.items()},
-                   "vs_torch_eager": {k: t.median_ms / theirs for k, t in timings.items()}}
-            rows.append(row)
-            print(f"{set_name:13} {optimizer:6}" + "".join(f" | {k} {v:.3f}" for k, v in row["vs_torch_eager"].items())
-                  + f"   (× torch's faster eager step, {theirs:.3f} ms)", flush=True)
-            del steps
-            gc.collect()
+    rows = measure.variant_rows(args.sets, args.optimizers, device, calls,
+                                lambda t: min(t["torch for-loop"].median_ms, t["torch foreach"].median_ms),
+                                args.rounds, args.steps_per_round, plan_key="plans", ratio_key="vs_torch_eager")
     return report.write_record(args.json or RESULTS / f"eager_runs_{device.type}.json", "eager_runs.py", argv,
                                rows, device=str(device), run_max_numel=_engine.RUN_MAX_NUMEL, variants=VARIANTS)
 

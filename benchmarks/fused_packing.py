@@ -18,7 +18,6 @@ The thresholds apply where the fused kernels are called directly: with the priva
 from __future__ import annotations
 
 import argparse
-import gc
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -26,7 +25,6 @@ import torch
 
 from torch_gd import _engine, _private
 from torch_gd.benchmark import measure, optimizers, report, sets
-from torch_gd.benchmark.timing import timer_for
 
 RESULTS = Path(__file__).parent / "results"
 SETS = ("mlp-policy", "lenet", "mlp-layernorm", "resnet50", "vit_b_16", "gpt2-small", "2000x1000", "500x4000")
@@ -58,22 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None, help="default: results/fused_packing_<device type>.json")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    rows = []
-    for set_name in args.sets:
-        params = sets.parameters(sets.build(set_name), str(device), torch.float32)
-        for optimizer in args.optimizers:
-            steps, buckets = calls(optimizer, params)
-            timings = measure.interleaved(steps, timer_for(str(device)), args.rounds, args.steps_per_round)
-            theirs = timings["torch fused"].median_ms
-            row = {"set": set_name, "optimizer": optimizer, "tensors": len(params), "buckets": buckets,
-                   "median_ms": {k: t.median_ms for k, t in timings.items()},
-                   "iqr_ms": {k: t.iqr_ms for k, t in timings.items()},
-                   "vs_torch_fused": {k: t.median_ms / theirs for k, t in timings.items()}}
-            rows.append(row)
-            print(f"{set_name:13} {optimizer:6}" + "".join(f"  {k} {v:.3f}" for k, v in row["vs_torch_fused"].items())
-                  + f"   (× torch fused, {theirs:.3f} ms)", flush=True)
-            del steps
-            gc.collect()
+    rows = measure.variant_rows(args.sets, args.optimizers, device, calls, lambda t: t["torch fused"].median_ms,
+                                args.rounds, args.steps_per_round, plan_key="buckets", ratio_key="vs_torch_fused")
     return report.write_record(args.json or RESULTS / f"fused_packing_{device.type}.json", "fused_packing.py", argv,
                                rows, device=str(device), private_apis=_private.enabled(),
                                variants={k: list(v) for k, v in VARIANTS.items()})

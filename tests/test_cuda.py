@@ -51,9 +51,10 @@ def _grads(params, gen: torch.Generator) -> list[torch.Tensor]:
     return [torch.randn(p.shape, generator=gen).to(p.device, p.dtype) for p in params]
 
 
-def _against_torch(case, path: dict, dtype=torch.float32, steps: int = 3) -> torch_gd.Adam:
-    """Run ours on ``path`` and torch's for-loop side by side; compare params and every state."""
-    ours = _params(dtype=dtype)
+def _against_torch(case, path: dict, dtype=torch.float32, steps: int = 3, ours=None) -> torch_gd.Adam:
+    """Run ours on ``path`` (over ``ours``, by default ``_params``) and torch's for-loop side by
+    side; compare params and every state after each step."""
+    ours = _params(dtype=dtype) if ours is None else ours
     theirs = _copies(ours)
     opt = case.ours(ours, **path, **case.typical)
     ref = case.theirs(theirs, foreach=False, **case.typical)
@@ -82,14 +83,7 @@ def test_runs_of_large_params_match_torch_on_cuda(case):
     gen = torch.Generator().manual_seed(0)
     n = _engine.PACK_MAX_NUMEL + 3
     ours = [torch.nn.Parameter(torch.randn(s, generator=gen).cuda()) for s in [(n,), (3, n // 3 + 1), (n + 7,)]]
-    theirs = _copies(ours)
-    opt, ref = case.ours(ours, **case.typical), case.theirs(theirs, foreach=False, **case.typical)
-    for _ in range(4):
-        for p, q, g in zip(ours, theirs, _grads(ours, gen)):
-            p.grad, q.grad = g, g.clone()
-        opt.step(), ref.step()
-        assert_params_close(ours, theirs, **tol(torch.float32))
-        assert_state_close(opt, ref, **tol(torch.float32))
+    opt = _against_torch(case, {}, steps=4, ours=ours)
     assert [id(p) for p in ours] in opt.describe()["groups"][0]["runs"]
 
 
@@ -189,16 +183,7 @@ def test_gradscaler_with_fp16_autocast(name):
 def test_params_on_two_devices(case, path):
     """Half the params on cuda:0, half on cuda:1: buckets and kernels per device."""
     ours = [p if i % 2 else torch.nn.Parameter(p.detach().to("cuda:1")) for i, p in enumerate(_params())]
-    theirs = _copies(ours)
-    opt = case.ours(ours, **PATHS[path], **case.typical)
-    ref = case.theirs(theirs, foreach=False, **case.typical)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        for p, q, g in zip(ours, theirs, _grads(ours, gen)):
-            p.grad, q.grad = g, g.clone()
-        opt.step(), ref.step()
-        assert_params_close(ours, theirs, **tol(torch.float32))
-        assert_state_close(opt, ref, **tol(torch.float32))
+    opt = _against_torch(case, PATHS[path], ours=ours)
     for p in ours:
         assert all(v.device == p.device for k, v in opt.state[p].items() if k != "step")
 

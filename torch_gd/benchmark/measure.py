@@ -3,6 +3,7 @@ reaches on buffers of the same size."""
 
 from __future__ import annotations
 
+import gc
 import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -11,7 +12,7 @@ import torch
 
 from . import optimizers, sets
 from .groups import Group, apply
-from .timing import Timer
+from .timing import Timer, timer_for
 
 WARMUP = 2
 # The suffix of a call timed under the baseline layout (``step_times``).
@@ -73,3 +74,28 @@ def triad(elements: int, device: str, dtype: torch.dtype, timer: Timer, rounds: 
 def gb_per_s(bytes_per_step: int, median_ms: float) -> float:
     """Achieved bandwidth in GB/s (10⁹ bytes) of moving ``bytes_per_step`` in ``median_ms``."""
     return bytes_per_step / median_ms / 1e6
+
+
+def variant_rows(set_names: Sequence[str], optimizer_names: Sequence[str], device: torch.device,
+                 calls: Callable[[str, list[torch.nn.Parameter]], tuple[dict[str, Callable[[], Any]], Any]],
+                 baseline: Callable[[dict[str, Timing]], float], rounds: int, per_round: int,
+                 plan_key: str, ratio_key: str) -> list[dict[str, Any]]:
+    """Per set and optimizer, the steps ``calls(optimizer, params)`` gives (with what they were
+    planned as, kept under ``plan_key``) timed interleaved: each one's median and IQR, and its
+    ratio to ``baseline(timings)`` under ``ratio_key``; each row printed as it is done."""
+    rows = []
+    for set_name in set_names:
+        params = sets.parameters(sets.build(set_name), str(device), torch.float32)
+        for optimizer in optimizer_names:
+            steps, plans = calls(optimizer, params)
+            timings = interleaved(steps, timer_for(str(device)), rounds, per_round)
+            theirs = baseline(timings)
+            rows.append({"set": set_name, "optimizer": optimizer, "tensors": len(params), plan_key: plans,
+                         "median_ms": {k: t.median_ms for k, t in timings.items()},
+                         "iqr_ms": {k: t.iqr_ms for k, t in timings.items()},
+                         ratio_key: {k: t.median_ms / theirs for k, t in timings.items()}})
+            print(f"{set_name:13} {optimizer:6}" + "".join(f" | {k} {v:.3f}" for k, v in rows[-1][ratio_key].items())
+                  + f"   ({ratio_key}, {theirs:.3f} ms)", flush=True)
+            del steps
+            gc.collect()
+    return rows
