@@ -781,12 +781,13 @@ class Engine:
         (``_LooseRun``, read again after any change to ``optimizer.state``): a run of several
         params at one step count, with plain numbers and dense grads, in one rule call over
         ``Many``; any other param alone, by the rule and the host counts only (~2 µs a param
-        less than ``_run_one``). False (nothing done) where the step needs ``_run_one``: not
-        steady, state made this step, a clip, a precision policy, counts on the device, dynamo
-        tracing, complex or DTensor params, a param's count not on the host. Everything is
-        checked before the first param is updated."""
+        less than ``_run_one``). A pending clip scales the grads into the scratch, as
+        ``_run_one`` does. False (nothing done) where the step needs ``_run_one``: not steady,
+        state made this step, a precision policy, counts on the device, dynamo tracing, complex
+        or DTensor params, a param's count not on the host. Everything is checked before the
+        first param is updated."""
         plan, uses_step = work.plan, self.spec.uses_step
-        if (not work.whole or work.fused is not None or work.clip is not None or work.precise or work.on_device
+        if (not work.whole or work.fused is not None or work.precise or work.on_device
                 or work.made or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
             return False
         if plan.loose_runs is None or plan.loose_version != state.version:
@@ -807,14 +808,20 @@ class Engine:
                     kw["step"] = host[run.ids[0]] + 1
                     counts.set(run.ids, kw["step"])
                 kw.update(run.many[1])
-                rule(run.many[0], Many(grads), **self.spec.with_coefficients(kw))
+                g = Many(grads)
+                if work.clip is not None:  # into the scratch: the user's grads stay as they are
+                    g = _ops.scale(g, work.clip.factor_on(grads[0].device), out=kw["scratch"])
+                rule(run.many[0], g, **self.spec.with_coefficients(kw))
                 continue
             for j, g in enumerate(grads):
                 if uses_step:
                     pid = run.ids[j]
                     run.steps[j] += 1
                     host[pid] = kw["step"] = host[pid] + 1
-                kw["scratch"] = run.scratch[j]
+                kw["scratch"] = scratch = run.scratch[j]
+                if work.clip is not None:
+                    fits = scratch is not None and not g.is_sparse
+                    g = _ops.scale(g, work.clip.factor_on(g.device), out=scratch if fits else None)
                 kw.update(run.states[j])
                 rule(run.params[j], g, **self.spec.with_coefficients(kw))
         return True
