@@ -5,6 +5,8 @@ over rounds:
 
 - ``as built``;
 - ``one by one``: packed as built, the other params one rule call each (no runs);
+- ``runs ≤ 2^26``: packed as built, runs of up to 2^26 elements (on a GPU, where a run is one
+  launch per op, longer runs may pay; on the CPU they leave the cache between ops);
 - ``no packing``: every param in runs of at most ``_engine.RUN_MAX_NUMEL`` elements, one rule
   call over ``Many`` each;
 - ``pack ≤ N, ≥ M``: params of at most N elements packed where at least M of one kind qualify
@@ -36,6 +38,7 @@ SETS = ("mlp-policy", "lenet", "mlp-layernorm", "8x1000", "16x1000", "8x10000", 
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "as built": {},
     "one by one": {"engine": {"RUN_MAX_NUMEL": 0}},
+    "runs ≤ 2^26": {"engine": {"RUN_MAX_NUMEL": 1 << 26}},
     "no packing": {"engine": {"PACK_MAX_NUMEL": 0}},
     "pack ≤ 4096, ≥ 16": {"spec": {"pack_max_numel": 1 << 12, "pack_min_params": 16}},
     "pack ≤ 16384, ≥ 2": {"spec": {"pack_max_numel": 1 << 14, "pack_min_params": 2}},

@@ -133,3 +133,23 @@ def test_a_kernel_that_cannot_be_compiled_leaves_everything_as_it_was(case, step
     finally:
         _fused.BACKEND = old
     _assert_unchanged(params, opt, before)
+
+
+@cases
+@pytest.mark.parametrize("flags", [{"foreach": False}, {}], ids=["per-tensor", "default"])
+def test_a_param_rebound_to_a_shape_its_state_does_not_have_is_refused_before_anything(case, flags):
+    # ``p.data = ...`` with a grad that fits the new shape, and state made for the old one: the
+    # step would fail at that param, after the others; it is refused before the first write.
+    params = _params(large_last=True) + [torch.nn.Parameter(torch.randn(LARGE))]
+    opt = case.ours(params, **case.typical, **flags)
+    for step in range(3):
+        _grads(params, step)
+        opt.step()
+    if not any(torch.is_tensor(v) and v.dim() for v in opt.state[params[-1]].values()):
+        pytest.skip(f"{case!r} keeps no param-shaped state with these options")
+    params[-1].data = torch.randn(LARGE[0] + 1)
+    _grads(params, 3)
+    before = _snapshot(params, opt)
+    with pytest.raises(RuntimeError, match="changed shape"):
+        opt.step()
+    _assert_unchanged(params, opt, before)

@@ -147,6 +147,47 @@ def test_steady_eager_steps_update_per_tensor_params_in_runs_like_torchs_for_loo
     assert any({id(p) for p in ours[:3]} <= set(run) for run in runs)
 
 
+@pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1)),
+                                     ("RMSprop", dict(lr=0.01, momentum=0.9))])
+@pytest.mark.parametrize("dtype,foreach", [(torch.bfloat16, None), (torch.float16, None), (torch.float32, False)])
+def test_half_precision_and_for_loop_params_run_alone_bitwise_like_torch(name, kw, dtype, foreach):
+    # torch's CPU multi-tensor mul_ by a number rounds the number to bf16/fp16 first (momentum
+    # 0.9 becomes 0.8984375) and Tensor.mul_ does not; foreach=False asks for the for-loop.
+    n = _engine.PACK_MAX_NUMEL + 1
+    gen = torch.Generator().manual_seed(4)
+    values = [torch.randn(n, generator=gen).to(dtype) for _ in range(3)]
+    ours, theirs = ([torch.nn.Parameter(v.clone()) for v in values] for _ in range(2))
+    a = getattr(torch_gd, name)(ours, foreach=foreach, **kw)
+    b = getattr(torch.optim, name)(theirs, foreach=False, **kw)
+    for step in range(4):
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
+        assert_state_close(a, b, rtol=0, atol=0)
+    assert sorted(a.describe()["groups"][0]["runs"]) == sorted([id(p)] for p in ours)
+
+
+def test_a_param_rebound_to_another_dtype_leaves_its_run_like_torch():
+    # ``p.data = p.data.double()`` between steady steps: the param's run is read again, and its
+    # updates follow torch's for-loop (float32 momentum beside a float64 param and grad).
+    n = _engine.PACK_MAX_NUMEL + 1
+    gen = torch.Generator().manual_seed(5)
+    values = [torch.randn(n, generator=gen) for _ in range(3)]
+    ours, theirs = ([torch.nn.Parameter(v.clone()) for v in values] for _ in range(2))
+    kw = dict(lr=0.1, momentum=0.9, maximize=True, weight_decay=0.01)
+    a, b = torch_gd.SGD(ours, **kw), torch.optim.SGD(theirs, foreach=False, **kw)
+    for step in range(6):
+        if step == 3:
+            for ps in (ours, theirs):
+                ps[1].data = ps[1].data.double()
+        _grads(ours, step), _grads(theirs, step)
+        a.step(), b.step()
+        assert_params_close(ours, theirs, rtol=0, atol=0)
+        assert_state_close(a, b, rtol=0, atol=0)
+    runs = a.describe()["groups"][0]["runs"]
+    assert [id(ours[1])] in runs and sorted([id(ours[0]), id(ours[2])]) in map(sorted, runs)
+
+
 def test_a_run_falls_back_to_one_call_a_param_where_it_cannot_run_as_one():
     # A tensor lr, a sparse grad among dense ones and a param that skipped a step each send a
     # run's params through one rule call each, with the same results as torch's for-loop.

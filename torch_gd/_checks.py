@@ -185,6 +185,19 @@ def precision_policy(group: dict) -> None:
         raise ValueError("param_update and state_dtype cannot be used with differentiable=True")
 
 
+def state_shaped_like_param(p: Tensor, state: dict, keys: tuple[str, ...]) -> None:
+    """A param's state tensors must have its shape: a param rebound to another shape
+    (``p.data = ...``) beside state made for the old one would fail in the middle of a step."""
+    for k in keys:
+        t = state.get(k)
+        if t is not None and t.shape != p.shape:
+            raise RuntimeError(
+                f"a param of shape {tuple(p.shape)} has its {k!r} state of shape {tuple(t.shape)} (the param "
+                "changed shape after its state was created); delete or replace its state "
+                "(del optimizer.state[param]); nothing was updated"
+            )
+
+
 def state_like_param(p: Tensor, state: dict, dtypes: dict[str, torch.dtype]) -> None:
     """A fused kernel is compiled for one dtype per tensor and one device: a param's state must
     be in the dtypes it keeps (``dtypes``: the param's, or its precision policy's) and on its

@@ -64,6 +64,8 @@ CHUNK_NUMEL = 1 << 18
 # multi-tensor ops (``Many``), up to this many elements at a time: each needs its own scratch, so
 # a run's scratch is at most this or its one param (measured: ``benchmarks/eager_runs.py``).
 RUN_MAX_NUMEL = 1 << 18
+# The dtypes whose params share a run (``Engine._read_loose``).
+_RUN_DTYPES = (torch.float32, torch.float64)
 # ``_Bucket.uniform`` after steps traced by dynamo: every param of the bucket at one step count,
 # which only the step tensors hold (``StepCounts.stale``).
 _ON_DEVICE = -1
@@ -187,6 +189,7 @@ class _Plan:
     # ``state.version`` they were read at.
     loose_runs: Optional[list["_LooseRun"]] = None
     loose_version: Optional[int] = None
+    loose_kinds: list[tuple] = field(default_factory=list)  # their params' ``param_kind`` then
 
     def counters(self) -> list[Tensor]:
         """The tensors holding ``direct``'s step counters: one, or one per param."""
@@ -683,8 +686,11 @@ class Engine:
         if not direct:
             for p, g in loose:
                 _checks.grad_like_param(p, g)
+                _checks.state_shaped_like_param(p, state.get(p, _EMPTY), keys)
                 if g.is_sparse and "param_update" in kw:
                     raise RuntimeError("param_update and state_dtype do not support sparse gradients; nothing was updated")
+            if whole and plan.loose_runs is not None and list(map(param_kind, (p for p, _ in loose))) != plan.loose_kinds:
+                plan.loose_runs = None  # a param rebound to another dtype or shape (``p.data = ...``)
             made = self._allocate(loose, layout, group, on_device, state)
             if group.get("fused"):
                 for p, _ in loose:
@@ -791,8 +797,9 @@ class Engine:
                 or work.made or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
             return False
         if plan.loose_runs is None or plan.loose_version != state.version:
-            plan.loose_runs = self._read_loose([p for p, _ in work.loose], work.keys, state)
+            plan.loose_runs = self._read_loose(work.loose, work.keys, state, work.group.get("foreach") is not False)
             plan.loose_version = state.version
+            plan.loose_kinds = [param_kind(p) for p, _ in work.loose]
         kw, host, counts, rule = work.kw, self.counts.host, self.counts, self.spec.rule
         # ``work.whole``: the plan's params in its order, as ``Engine._steady`` checked.
         if plan.loose_runs is None or (uses_step and not all(id(p) in host for p, _ in work.loose)):
@@ -826,17 +833,25 @@ class Engine:
                 rule(run.params[j], g, **self.spec.with_coefficients(kw))
         return True
 
-    def _read_loose(self, params: list[Tensor], keys: tuple[str, ...], state: dict) -> Optional[list[_LooseRun]]:
-        """``params`` (every one with its state) as runs (``_LooseRun``): those of one device and
-        dtype, up to ``RUN_MAX_NUMEL`` elements a run, together; a sparse-grad param alone. None
-        where one is not plain: complex, a DTensor, or without all of its state."""
+    def _read_loose(self, loose: list[tuple[Tensor, Tensor]], keys: tuple[str, ...], state: dict,
+                    together: bool) -> Optional[list[_LooseRun]]:
+        """The params of ``loose`` (param, grad) pairs, every one with its state, as runs
+        (``_LooseRun``): with ``together``, those of one device and dtype (float32 or float64),
+        up to ``RUN_MAX_NUMEL`` elements a run, in one; every other param alone. None where one
+        is not plain: complex, a DTensor, or without all of its state.
+
+        Half-precision params run alone: on the CPU, torch's multi-tensor ``mul_`` by a number
+        rounds the number to the tensors' dtype first (0.999 becomes 1.0 in bfloat16), where
+        ``Tensor.mul_`` and torch's for-loop do not. A param with a sparse grad runs alone."""
         needed = (*keys, "step") if self.spec.uses_step else keys
+        params = [p for p, _ in loose]
         by_kind: dict[Hashable, list[list[int]]] = defaultdict(list)
-        for i, p in enumerate(params):
+        for i, (p, g) in enumerate(loose):
             st = state.get(p, _EMPTY)
             if _is_dtensor(p) or p.is_complex() or any(k not in st for k in needed):
                 return None
-            kind = (p.device, p.dtype) if id(p) not in self.sparse else i
+            alone = not together or p.dtype not in _RUN_DTYPES or g.is_sparse or id(p) in self.sparse
+            kind = i if alone else (p.device, p.dtype)
             runs = by_kind[kind]
             if not runs or sum(params[j].numel() for j in runs[-1]) + p.numel() > RUN_MAX_NUMEL:
                 runs.append([])

@@ -4,8 +4,10 @@ The eager rules are written against a handful of tensor methods and ``torch`` fu
 (``_ops``). ``Many`` gives those a list: each becomes one of torch's multi-tensor (``_foreach_``)
 ops, so a rule called once over ``Many`` params makes as many ops as it would for one tensor,
 where a loop over the params makes that many per param. On the CPU a ``_foreach_`` op is torch's
-own loop over the same per-tensor op, so the results are bitwise those of the per-tensor rule; on
-CUDA it is one kernel launch for the list.
+own loop over the same per-tensor op, so for float32 and float64 the results are bitwise those of
+the per-tensor rule (below that, ``_foreach_mul_`` by a number rounds the number to the tensors'
+dtype first, which ``Tensor.mul_`` does not: the engine runs such params alone); on CUDA it is
+one kernel launch for the list.
 
 Only what an eager steady step needs is here: plain Python numbers as coefficients, dense
 tensors, no autograd. ``Engine._run_loose`` runs the rule over ``Many`` only then.
