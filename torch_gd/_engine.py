@@ -1093,7 +1093,8 @@ class Engine:
         made: dict[int, dict[str, Tensor]] = {}
         fused, uses_step = bool(group.get("fused")), self.spec.uses_step
         policy = _precision.active(group)
-        self._reserve_scratch([p for p, _ in loose], runs=not fused and not torch.compiler.is_compiling())
+        runs = not fused and group.get("foreach") is not False and not torch.compiler.is_compiling()
+        self._reserve_scratch([p for p, _ in loose], runs)
         for p, _ in loose:
             st = state.get(p, _EMPTY)
             dtypes = layout(p.dtype)
@@ -1222,7 +1223,8 @@ class Engine:
         for p in params:
             sizes[(p.device, p.dtype)].append(p.numel())
         for (device, dtype), ns in sizes.items():
-            self._scratch_buffer(device, dtype, min(sum(ns), max(RUN_MAX_NUMEL, *ns)) if runs else max(ns))
+            together = runs and dtype in _RUN_DTYPES
+            self._scratch_buffer(device, dtype, min(sum(ns), max(RUN_MAX_NUMEL, *ns)) if together else max(ns))
 
     def _scratch_run(self, params: list[Tensor]) -> list[Optional[Tensor]]:
         """Disjoint scratch tensors for ``params`` (one device and dtype), updated together."""
