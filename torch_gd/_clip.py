@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import _ops
 from ._fused import storage_order
 
 # On the CPU, torch reduces a whole tensor's 2-norm at about half the memory bandwidth of a
@@ -97,6 +98,12 @@ class PendingClip:
         if found is None:
             found = self._on[device] = self.factor.to(device)
         return found
+
+    def scaled(self, g: Tensor, scratch: Optional[Tensor]) -> Tensor:
+        """``g`` times the factor, into ``scratch`` where it can hold it: the user's grad stays
+        as it is."""
+        fits = scratch is not None and not g.is_sparse and scratch.shape == g.shape
+        return _ops.scale(g, self.factor_on(g.device), out=scratch if fits else None)
 
     def fold(self, grad_scale: Optional[Tensor], found_inf: Optional[Tensor], *,
              skip: bool) -> tuple[Tensor, Optional[Tensor]]:

@@ -40,7 +40,7 @@ from ._private import is_fake
 from ._ops import real_view
 from ._fused import Call, Prepared, storage_order
 from ._lane import Lane, direct_grads
-from ._many import Many
+from ._many import EXACT_DTYPES, Many
 from ._scatter import Scatter
 from ._state import State, repoint
 from ._steady import Program, param_kind
@@ -64,8 +64,6 @@ CHUNK_NUMEL = 1 << 18
 # multi-tensor ops (``Many``), up to this many elements at a time: each needs its own scratch, so
 # a run's scratch is at most this or its one param (measured: ``benchmarks/eager_runs.py``).
 RUN_MAX_NUMEL = 1 << 18
-# The dtypes whose params share a run (``Engine._read_loose``).
-_RUN_DTYPES = (torch.float32, torch.float64)
 # ``_Bucket.uniform`` after steps traced by dynamo: every param of the bucket at one step count,
 # which only the step tensors hold (``StepCounts.stale``).
 _ON_DEVICE = -1
@@ -825,10 +823,9 @@ class Engine:
                     pid = run.ids[j]
                     run.steps[j] += 1
                     host[pid] = kw["step"] = host[pid] + 1
-                kw["scratch"] = scratch = run.scratch[j]
+                kw["scratch"] = run.scratch[j]
                 if work.clip is not None:
-                    fits = scratch is not None and not g.is_sparse
-                    g = _ops.scale(g, work.clip.factor_on(g.device), out=scratch if fits else None)
+                    g = work.clip.scaled(g, run.scratch[j])
                 kw.update(run.states[j])
                 rule(run.params[j], g, **self.spec.with_coefficients(kw))
         return True
@@ -840,9 +837,8 @@ class Engine:
         up to ``RUN_MAX_NUMEL`` elements a run, in one; every other param alone. None where one
         is not plain: complex, a DTensor, or without all of its state.
 
-        Half-precision params run alone: on the CPU, torch's multi-tensor ``mul_`` by a number
-        rounds the number to the tensors' dtype first (0.999 becomes 1.0 in bfloat16), where
-        ``Tensor.mul_`` and torch's for-loop do not. A param with a sparse grad runs alone."""
+        Params of other dtypes run alone (``_many.EXACT_DTYPES``), as does a param with a
+        sparse grad."""
         needed = (*keys, "step") if self.spec.uses_step else keys
         params = [p for p, _ in loose]
         by_kind: dict[Hashable, list[list[int]]] = defaultdict(list)
@@ -850,7 +846,7 @@ class Engine:
             st = state.get(p, _EMPTY)
             if _is_dtensor(p) or p.is_complex() or any(k not in st for k in needed):
                 return None
-            alone = not together or p.dtype not in _RUN_DTYPES or g.is_sparse or id(p) in self.sparse
+            alone = not together or p.dtype not in EXACT_DTYPES or g.is_sparse or id(p) in self.sparse
             kind = i if alone else (p.device, p.dtype)
             runs = by_kind[kind]
             if not runs or sum(params[j].numel() for j in runs[-1]) + p.numel() > RUN_MAX_NUMEL:
@@ -1159,9 +1155,8 @@ class Engine:
         if work.fused is not None:
             work.fused.per_tensor(p, g, dict(zip(keys, tensors)), steps, count, scratch)
             return
-        if work.clip is not None:  # into the scratch: the user's grad stays as it is
-            fits = scratch is not None and not g.is_sparse and scratch.shape == g.shape
-            g = _ops.scale(g, work.clip.factor_on(g.device), out=scratch if fits else None)
+        if work.clip is not None:
+            g = work.clip.scaled(g, scratch)
         kw["first"], kw["scratch"] = fresh, scratch
         self._update(p, g, dict(zip(keys, tensors)), work)
 
@@ -1223,7 +1218,7 @@ class Engine:
         for p in params:
             sizes[(p.device, p.dtype)].append(p.numel())
         for (device, dtype), ns in sizes.items():
-            together = runs and dtype in _RUN_DTYPES
+            together = runs and dtype in EXACT_DTYPES
             self._scratch_buffer(device, dtype, min(sum(ns), max(RUN_MAX_NUMEL, *ns)) if together else max(ns))
 
     def _scratch_run(self, params: list[Tensor]) -> list[Optional[Tensor]]:

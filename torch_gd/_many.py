@@ -4,9 +4,8 @@ The eager rules are written against a handful of tensor methods and ``torch`` fu
 (``_ops``). ``Many`` gives those a list: each becomes one of torch's multi-tensor (``_foreach_``)
 ops, so a rule called once over ``Many`` params makes as many ops as it would for one tensor,
 where a loop over the params makes that many per param. On the CPU a ``_foreach_`` op is torch's
-own loop over the same per-tensor op, so for float32 and float64 the results are bitwise those of
-the per-tensor rule (below that, ``_foreach_mul_`` by a number rounds the number to the tensors'
-dtype first, which ``Tensor.mul_`` does not: the engine runs such params alone); on CUDA it is
+own loop over the same per-tensor op, so for ``EXACT_DTYPES`` the results are bitwise those of the
+per-tensor rule (the engine runs params of other dtypes alone); on CUDA it is
 one kernel launch for the list.
 
 Only what an eager steady step needs is here: plain Python numbers as coefficients, dense
@@ -21,6 +20,10 @@ import torch
 from torch import Tensor
 
 Number = Union[int, float]
+# The dtypes whose lists ``Many`` updates bitwise as the per-tensor ops would: on the CPU, torch's
+# multi-tensor ``mul_`` by a number rounds the number to the tensors' dtype first (0.999 becomes
+# 1.0 in bfloat16), where ``Tensor.mul_`` and torch's for-loop do not.
+EXACT_DTYPES = (torch.float32, torch.float64)
 
 
 class Many:
@@ -102,14 +105,10 @@ class Many:
         return out
 
 
-def _maximum_(out: Many, y: Many) -> None:
-    torch._foreach_maximum_(out.ts, y.ts)
-
-
 _IN_PLACE: dict[Callable, Callable[..., Any]] = {
     torch.neg: lambda out: torch._foreach_neg_(out.ts),
     torch.add: Many.add_,
     torch.mul: Many.mul_,
     torch.sqrt: lambda out: torch._foreach_sqrt_(out.ts),
-    torch.maximum: _maximum_,
+    torch.maximum: lambda out, y: torch._foreach_maximum_(out.ts, y.ts),
 }
