@@ -444,6 +444,22 @@ def test_a_param_listed_twice_is_updated_once(case, foreach):
     assert torch.equal(p.detach(), q.detach())
 
 
+
+@cases
+def test_a_param_list_edited_in_place_to_list_a_param_twice_still_updates_it_once(case):
+    """Whether a group's params are distinct is known once per list; a list edited in place
+    between steps must be looked at again."""
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    p1, q1 = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt, once = case.ours([p, q], **case.typical), case.ours([p1, q1], **case.typical)
+    for step in range(4):
+        if step == 2:
+            opt.param_groups[0]["params"].append(p)
+        p.grad, q.grad = torch.full((3,), 0.5), torch.full((2,), 0.25)
+        p1.grad, q1.grad = p.grad.clone(), q.grad.clone()
+        opt.step(), once.step()
+    assert torch.equal(p.detach(), p1.detach()) and torch.equal(q.detach(), q1.detach())
+
 def _accepts(cls, name: str) -> bool:
     return name in inspect.signature(cls).parameters
 

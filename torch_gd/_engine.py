@@ -42,8 +42,8 @@ from ._fused import Call, Prepared, storage_order
 from ._lane import Lane, direct_grads
 from ._many import EXACT_DTYPES, Many
 from ._scatter import Scatter
-from ._state import State, repoint
-from ._steady import Program, param_kind
+from ._state import Basis, State, param_kind, repoint, tracked
+from ._steady import Program
 
 # A tensor this small costs more in per-op overhead (a few µs per op and tensor on the CPU:
 # the eager rule makes 4-6 ops per tensor) than the three extra passes packing makes over it.
@@ -170,8 +170,9 @@ class _Plan:
     where: dict[int, tuple[_Bucket, int]]
     params: list[Tensor]  # the group's distinct params when planned
     take_loose: Callable[[list], Any]
-    # ``state.version`` after the last step that saw every param's state, else None.
-    version: Optional[int] = None
+    # The params and ``optimizer.state`` as the last step that saw every param's state left
+    # them, else None: until they change, a step needs no per-param check of the state.
+    basis: Optional[Basis] = None
     # For fused groups, the per-tensor params' kernel calls prepared once (``_Direct``), in
     # ``take_loose`` order, and the step count they share; None where that cannot be done.
     direct: Optional[list["_Direct"]] = None
@@ -183,11 +184,10 @@ class _Plan:
     call: Optional[Call] = None
     # The step counters of ``direct``, as one tensor when they share a device and dtype.
     direct_counters: Optional[Tensor] = None
-    # For eager groups, the per-tensor params as steady steps update them (``_LooseRun``), and the
-    # ``state.version`` they were read at.
+    # For eager groups, the per-tensor params as steady steps update them (``_LooseRun``), and
+    # what they were read from: the params, each of its dtype and shape, and the state.
     loose_runs: Optional[list["_LooseRun"]] = None
-    loose_version: Optional[int] = None
-    loose_kinds: list[tuple] = field(default_factory=list)  # their params' ``param_kind`` then
+    loose_basis: Optional[Basis] = None
 
     def counters(self) -> list[Tensor]:
         """The tensors holding ``direct``'s step counters: one, or one per param."""
@@ -412,7 +412,7 @@ class Engine:
         ``amp`` and ``clip`` what the step handed the fused and the eager groups (``replay``)."""
         self.counts_of["checked"] += 1
         eligible = Program.eligible(groups, works, state)
-        self._program = (Program(groups, works, state.version, hyper, state_keys, _handed(amp, clip))
+        self._program = (Program(groups, works, state, hyper, state_keys, _handed(amp, clip))
                          if eligible else None)
         self._lane = None
         for work in works:
@@ -687,8 +687,8 @@ class Engine:
                 _checks.state_shaped_like_param(p, state.get(p, _EMPTY), keys)
                 if g.is_sparse and "param_update" in kw:
                     raise RuntimeError("param_update and state_dtype do not support sparse gradients; nothing was updated")
-            if whole and plan.loose_runs is not None and list(map(param_kind, (p for p, _ in loose))) != plan.loose_kinds:
-                plan.loose_runs = None  # a param rebound to another dtype or shape (``p.data = ...``)
+            if plan.loose_runs is not None and not plan.loose_basis.holds([p for p, _ in loose], state):
+                plan.loose_runs = None  # changed state, or a param rebound (``p.data = ...``)
             made = self._allocate(loose, layout, group, on_device, state)
             if group.get("fused"):
                 for p, _ in loose:
@@ -729,10 +729,13 @@ class Engine:
         if work.fused is not None and self.counts.scaled and (self.counts.diverged or not work.complete):
             self._took_scaled_step(work)
         # A step that saw every param's state leaves the plan valid until the state changes.
-        tracked = isinstance(state, State) and not state.untracked and work.complete
-        if tracked and work.fused is not None and not work.direct and not torch.compiler.is_compiling():
-            self._prepare_direct(work.plan, work.layout, state, work.fused)
-        work.plan.version = state.version if tracked else None
+        plan, seen = work.plan, tracked(state) and work.complete
+        if seen and work.fused is not None and not work.direct and not torch.compiler.is_compiling():
+            self._prepare_direct(plan, work.layout, state, work.fused)
+        if not seen:
+            plan.basis = None
+        elif plan.basis is None or plan.basis.version != state.version:
+            plan.basis = Basis(plan.params, state)
 
     def _took_scaled_step(self, work: _Work) -> None:
         """Record that the params of ``work`` took part in this GradScaler step (see
@@ -794,10 +797,11 @@ class Engine:
         if (not work.whole or work.fused is not None or work.precise or work.on_device
                 or work.made or not work.loose or torch.compiler.is_compiling() or not isinstance(state, State)):
             return False
-        if plan.loose_runs is None or plan.loose_version != state.version:
+        # ``prepare`` dropped runs whose basis no longer holds; a replayed step's program has
+        # checked the same.
+        if plan.loose_runs is None:
             plan.loose_runs = self._read_loose(work.loose, work.keys, state, work.group.get("foreach") is not False)
-            plan.loose_version = state.version
-            plan.loose_kinds = [param_kind(p) for p, _ in work.loose]
+            plan.loose_basis = Basis([p for p, _ in work.loose], state, kinds=True)
         kw, host, counts, rule = work.kw, self.counts.host, self.counts, self.spec.rule
         # ``work.whole``: the plan's params in its order, as ``Engine._steady`` checked.
         if plan.loose_runs is None or (uses_step and not all(id(p) in host for p, _ in work.loose)):
@@ -887,8 +891,7 @@ class Engine:
         params at one step count. The buckets' grads are checked here, before anything is
         updated, to be what concatenating them chunk by chunk needs (dtype, layout, device and
         shape), so that gathering them cannot fail half-way through a step."""
-        if (plan.version is None or not isinstance(state, State) or state.untracked
-                or state.version != plan.version or not all(map(operator.is_, params, plan.params))):
+        if plan.basis is None or not plan.basis.holds(params, state):
             return None
         packed = {}
         for b in plan.buckets:

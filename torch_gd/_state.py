@@ -10,8 +10,12 @@ finds the version it left behind skips the checks. They pickle and copy as torch
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
-from typing import Any
+from typing import Any, Optional
+
+# A param's dtype and shape: ``p.data = ...`` may change them, unseen by ``optimizer.state``.
+param_kind = operator.attrgetter("dtype", "shape")
 
 class _Counting(dict):
     """dict's mutators, each bumping ``self._owner.version`` first (written out, not
@@ -100,3 +104,34 @@ def repoint(st: dict, key: str, value: Any) -> None:
     tensor to an equal one it owns (a step counter into a shared tensor). Counted, a move made
     while one group executes would make every other group's plan stale at the next step."""
     dict.__setitem__(st, key, value)
+
+
+def tracked(state: Any) -> bool:
+    """Whether every change to ``state`` bumps its ``version`` (not so once a plain dict was
+    stored as a param's state, or for a state that is not ``State``)."""
+    return isinstance(state, State) and not state.untracked
+
+
+class Basis:
+    """What a cache was built from, and the one check of whether it still holds: the same
+    params (identities, in order), with ``kinds`` each of the same dtype and shape, and with
+    ``state`` ``optimizer.state`` unchanged since (its ``version``). Every cache the engine
+    builds from the params and their state keeps the ``Basis`` it was built on.
+
+    ``params`` is kept as given: pass a list nobody mutates."""
+
+    __slots__ = ("params", "version", "kinds")
+
+    def __init__(self, params: list, state: Any = None, kinds: bool = False) -> None:
+        self.params = params
+        # None: built without a state to rest on; -1: on a state whose changes go unseen.
+        self.version: Optional[int] = None if state is None else state.version if tracked(state) else -1
+        self.kinds = list(map(param_kind, params)) if kinds else None
+
+    def holds(self, params: list, state: Any = None) -> bool:
+        """Whether ``params`` and ``state`` are still what this was built from."""
+        if self.version is not None and (self.version < 0 or not tracked(state) or state.version != self.version):
+            return False
+        if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
+            return False
+        return self.kinds is None or list(map(param_kind, params)) == self.kinds

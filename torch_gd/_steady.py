@@ -21,29 +21,27 @@ from typing import Any, Callable, Optional
 
 from torch import Tensor
 
-from ._state import State
+from ._state import Basis, State, tracked
 
 grad = operator.attrgetter("grad")
 _params = operator.itemgetter("params")
 # What a step checks of every grad: (dtype, layout, device, shape).
 grad_meta = operator.attrgetter("dtype", "layout", "device", "shape")
-# And of every param: ``p.data = ...`` may have given it another dtype or shape than its grad.
-param_kind = operator.attrgetter("dtype", "shape")
 
 
 class Program:
     """The checked step's work per group (``_Work``), and what must hold to run it again."""
 
-    def __init__(self, groups: list[dict], works: list[Any], version: int,
+    def __init__(self, groups: list[dict], works: list[Any], state: State,
                  hyper: Callable[[dict], dict[str, Any]], state_keys: Callable[[dict], tuple[str, ...]],
                  handed: tuple) -> None:
         self.groups = list(groups)
         self.lists = [g["params"] for g in groups]
         self.params = [p for g in groups for p in g["params"]]
         self.metas = [grad_meta(p.grad) for p in self.params]
-        self.kinds = list(map(param_kind, self.params))
+        # The params, each of its dtype and shape, and the state unchanged since this step.
+        self.basis = Basis(self.params, state, kinds=True)
         self.works = works
-        self.version = version
         # What the groups were handed beside their grads (a clip, kinds of GradScaler tensors):
         # a step that hands them something else is planned anew.
         self.handed = handed
@@ -65,7 +63,7 @@ class Program:
         """Whether a step that planned ``works`` (one per group) can be replayed: every param of
         every group had a grad and took the steady path, and nothing it read can change unseen
         (a plain dict stored as state, a tensor hyperparameter read in place)."""
-        if not isinstance(state, State) or state.untracked or len(works) != len(groups):
+        if not tracked(state) or len(works) != len(groups):
             return False
         for group, work in zip(groups, works):
             if work is None or not work.whole or not work.complete or work.group is not group:
@@ -80,15 +78,13 @@ class Program:
     def grads(self, groups: list[dict], state: State) -> Optional[list[Tensor]]:
         """This step's grads, in the recorded order, if the program still describes the step;
         else None (nothing was changed either way)."""
-        if state.version != self.version or state.untracked or len(groups) != len(self.groups):
+        if len(groups) != len(self.groups) or not all(map(operator.is_, groups, self.groups)):
             return None
-        if not all(map(operator.is_, groups, self.groups)) or not all(map(operator.is_, map(_params, groups), self.lists)):
+        if not all(map(operator.is_, map(_params, groups), self.lists)):
             return None
-        params = list(itertools.chain.from_iterable(self.lists))
-        if (len(params) != len(self.params) or not all(map(operator.is_, params, self.params))
-                or list(map(param_kind, params)) != self.kinds):
+        if not self.basis.holds(list(itertools.chain.from_iterable(self.lists)), state):
             return None
-        grads = list(map(grad, params))
+        grads = list(map(grad, self.params))
         try:
             if list(map(grad_meta, grads)) != self.metas:
                 return None

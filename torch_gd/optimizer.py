@@ -19,7 +19,7 @@ from . import _checks, _precision, _private
 from ._clip import PendingClip, total_norm
 from ._private import traceable_step, use_grad_for_differentiable
 from ._engine import Engine, Spec, scalar_dtype
-from ._state import State
+from ._state import Basis, State
 from ._steady import grad, grad_meta
 
 
@@ -81,7 +81,7 @@ class Optimizer(torch.optim.Optimizer):
         defaults = self._normalize(defaults)
         _checks.implementation(defaults)
         self._engine = Engine(self._spec)
-        self._distinct_params: dict[int, list[Tensor]] = {}
+        self._distinct_params: dict[int, Basis] = {}
         super().__init__(params, defaults)
         self.state = State(self.state)
         if defaults.get("fused"):
@@ -254,7 +254,7 @@ class Optimizer(torch.optim.Optimizer):
                 group.setdefault(name, default)
         # State tensors were replaced (load_state_dict, unpickling, deepcopy): re-pack them.
         self._engine = Engine(self._spec)
-        self._distinct_params: dict[int, list[Tensor]] = {}
+        self._distinct_params: dict[int, Basis] = {}
         if self._spec.uses_step:
             self._steps_as_tensors()
 
@@ -402,9 +402,9 @@ class Optimizer(torch.optim.Optimizer):
         compared by identity (no param is read)."""
         params = group["params"]
         known = self._distinct_params.get(id(group))
-        if known is not None and len(known) == len(params) and all(map(operator.is_, params, known)):
+        if known is not None and known.holds(params):
             return True
         if len(set(map(id, params))) != len(params):
             return False
-        self._distinct_params[id(group)] = list(params)
+        self._distinct_params[id(group)] = Basis(list(params))
         return True
