@@ -56,23 +56,24 @@ def _snapshot(params, opt) -> list:
             for p in params]
 
 
-def _run(cls, kw, shapes, backend="eager", grads_for=None, **extra):
-    """COMPILED steps through ``torch.compile(opt.step)``, then EAGER plain steps: the params
-    and state after each, and how many frames dynamo had compiled after each compiled step."""
+def _run(cls, kw, shapes, backend="eager", grads_for=None, order="C" * COMPILED + "E" * EAGER, lr=None, **extra):
+    """Steps through ``torch.compile(opt.step)`` ("C" in ``order``) and plain steps ("E"),
+    by default COMPILED then EAGER: the params and state after each, and how many frames dynamo
+    had compiled after each compiled step."""
     torch._dynamo.reset()  # each optimizer starts as in a fresh process (recompile limits)
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    opt = cls(params, lr=torch.tensor(0.01), **kw, **extra)
+    opt = cls(params, lr=torch.tensor(0.01) if lr is None else lr, **kw, **extra)
     counter = CompileCounterWithBackend(backend)
     step = torch.compile(opt.step, backend=counter)
     history, frames = [], []
-    for i in range(COMPILED + EAGER):
+    for i, how in enumerate(order):
         for j, p in enumerate(params):
             given = grads_for is None or j in grads_for(i)
             p.grad = torch.randn(p.shape, generator=gen) if given else None
-        (step if i < COMPILED else opt.step)()
+        (step if how == "C" else opt.step)()
         history.append(_snapshot(params, opt))
-        if i < COMPILED:
+        if how == "C":
             frames.append((counter.frame_count, counter.op_count))
     return history, frames
 
@@ -111,6 +112,19 @@ def test_compiled_step_equals_torchs_compiled_step(name, fused, size):
         return
     assert frames[0][0] >= 1 and frames[0][1] > 0, frames  # traced, not skipped
     assert frames[1] == frames[-1], f"compiled after step 2: {frames}"
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_eager_steps_around_compiled_steps_count_every_step(name, fused):
+    """With a float lr, eager steps record a steady step to replay; the compiled steps after
+    them advance only the step tensors, and the eager steps after those must count them (a
+    replay on the host counts it was recorded with is off by three steps in Adam's bias
+    corrections)."""
+    ours_cls, torch_cls, kw = OPTIMIZERS[name]
+    order = "EEECCCEEE"
+    ours, _ = _run(ours_cls, kw, SHAPES["large"], order=order, lr=0.01, fused=fused)
+    _assert_same(ours, _run(torch_cls, kw, SHAPES["large"], order=order, lr=0.01)[0])
 
 
 def _late_and_missing(i: int) -> tuple[int, ...]:

@@ -425,7 +425,8 @@ class Engine:
         the checked path must plan it. ``amp``: a pending clip folded for the fused groups,
         ``clip`` the same for the eager ones (``Optimizer.step``)."""
         program = self._program
-        if program is None or program.handed != _handed(amp, clip):
+        # After steps traced by dynamo, the host counts are read back by the checked path.
+        if program is None or self.counts.stale or program.handed != _handed(amp, clip):
             return False
         grads = program.grads(groups, state)
         if grads is None:
