@@ -123,6 +123,39 @@ def test_steady_eager_steps_read_a_large_params_state_again_once_it_changes(name
     assert a.describe()["steps"]["replayed"] >= 4
 
 
+@pytest.mark.parametrize("path", [dict(), dict(foreach=False), dict(fused=True)], ids=["default", "for-loop", "fused"])
+@pytest.mark.parametrize("name,kw", [("Adam", dict(lr=0.1)), ("AdamW", dict(lr=0.1, amsgrad=True)),
+                                     ("Adagrad", dict(lr=0.1, lr_decay=0.05))])
+def test_a_step_count_written_in_place_is_read_like_torch(name, kw, path):
+    # The host mirrors each param's step count so that steady steps read no tensor; a count
+    # written in place between steps (``state[p]["step"].fill_(1)``) leaves the ``step`` tensor
+    # where it was, and must still be read. A packed param's ``step`` is a view of its bucket's
+    # counts, a large one's of its group's shared counters once steps are prepared.
+    big = torch.randn(_engine.PACK_MAX_NUMEL + 1, generator=torch.Generator().manual_seed(1))
+    ours, theirs = ([*_params(16), torch.nn.Parameter(big.flip(0)), torch.nn.Parameter(big.clone())] for _ in range(2))
+    a, b = getattr(torch_gd, name)(ours, **kw, **path), getattr(torch.optim, name)(theirs, **kw, **path)
+    # fp32 as torch.testing.assert_close compares it: the fused steps compute their numbers in
+    # fp64 where torch's take fp32 ones (a few ulps); a count off by even one step moves a
+    # param by >= 1e-3 here.
+    tol = dict(rtol=1.3e-6, atol=1e-5) if path.get("fused") else dict(rtol=0, atol=0)
+    for step in range(10):
+        _grads(ours, step), _grads(theirs, step)
+        for o, ps in ((a, ours), (b, theirs)):
+            if step == 4:
+                o.state[ps[0]]["step"].fill_(1)
+                o.state[ps[-1]]["step"].sub_(2)
+            elif step == 7:
+                for p in ps:
+                    o.state[p]["step"].copy_(torch.tensor(20.0))
+        a.step(), b.step()
+        assert_params_close(ours, theirs, **tol)
+        assert_state_close(a, b, **tol)
+    # Steps 3 and 4 replay the steady step, and step 10 (once every count is equal again; a
+    # bucket whose params are at different counts is not steady): the edits before steps 5 and
+    # 8 are found where a replay would have run.
+    assert a.describe()["steps"]["replayed"] >= 3
+
+
 @pytest.mark.parametrize("name,kw", [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
                                      ("Adam", dict(lr=0.1, amsgrad=True, maximize=True)),
                                      ("AdamW", dict(lr=0.1)),
@@ -520,6 +553,23 @@ def test_a_step_keeps_no_grad_alive(fused):
         gc.collect()
         assert [r() for r in refs] == [None] * len(refs)
     assert opt.describe()["steps"]["replayed"] >= 2
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])
+@pytest.mark.parametrize("groups", ["one", "per param"])
+def test_the_second_step_is_recorded_and_the_third_replayed_whatever_the_groups(groups, fused):
+    """The first step makes every param's state, which changes ``optimizer.state`` for all
+    groups; a group's plan is known to hold from the state every group left, so that with a
+    group per param too the second step is steady and recorded, and the third replays it."""
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (5, 7, 9, _engine.PACK_MAX_NUMEL + 1)]
+    split = [{"params": params}] if groups == "one" else [{"params": [p]} for p in params]
+    opt = torch_gd.AdamW(split, lr=0.1, fused=fused)
+    seen = []
+    for i in range(4):
+        _grads(params, i)
+        opt.step()
+        seen.append(dict(opt.describe()["steps"]))
+    assert [(s["checked"], s["replayed"]) for s in seen] == [(1, 0), (2, 0), (2, 1), (2, 2)]
 
 
 @pytest.mark.parametrize("name,kw", [("SGD", dict(momentum=0.9)), ("AdamW", {})])

@@ -8,15 +8,22 @@ device tensor, and says when the mirror cannot be trusted:
 
 - after GradScaler skipped steps on the device, params with equal host counts may have taken
   different real numbers of steps (``histories``);
-- after steps traced by dynamo, which advance only the tensors (``stale``).
+- after steps traced by dynamo, which advance only the tensors (``stale``);
+- after a step tensor was written in place between steps (``state[p]["step"].fill_(0)``), which
+  its version counter shows (``edited``).
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Hashable, Iterable, Optional
 
 import torch
 from torch import Tensor
+
+# A tensor's version counter, which every in-place op bumps (autograd's in-place checks read it;
+# ``torch.autograd.graph.increment_version`` is its public writer). A view shares its base's.
+_version = operator.attrgetter("_version")
 
 
 class StepCounts:
@@ -48,6 +55,10 @@ class StepCounts:
         # counter stochastic rounding's random bits are drawn at. A tensor, so that a compiled
         # step (torch.compile around ``step()``) reads it rather than guarding on its value.
         self.rounds = torch.zeros((), dtype=torch.int64)
+        # The step tensors the last eager step advanced, and their version counters as it left
+        # them (``left``).
+        self._left: list[Tensor] = []
+        self._versions: list[int] = []
 
     def read(self, pid: int, st: dict) -> int:
         """Steps taken so far: the mirror, or once after a load or a replaced ``step``, the
@@ -79,6 +90,17 @@ class StepCounts:
         """After steps traced by dynamo: the counts are read back from the ``step`` tensors."""
         self.host.clear()
         self.stale = False
+
+    def left(self, steps: list[Tensor]) -> None:
+        """Note the step tensors (or their bases) an eager step has just advanced, as it left them."""
+        self._left, self._versions = steps, list(map(_version, steps))
+
+    def edited(self) -> None:
+        """Before a step: where a step tensor was written since the last step left it, the host
+        counts are ``stale``: they are read back from the tensors, as after traced steps."""
+        if self._left and list(map(_version, self._left)) != self._versions:
+            self.stale = True
+            self._left = []
 
     def private_counter(self, pid: int, fresh: bool, made: Optional[Tensor]) -> Tensor:
         """A fused rule without torch's ``step`` still counts applied steps, on the device and

@@ -402,6 +402,48 @@ class Engine:
         """Forget the recorded steady step (a step it does not describe has run since)."""
         self._program = self._lane = None
 
+    def begin(self) -> None:
+        """Before an eager step: note what changed since the last one that no cache sees by
+        itself, a step tensor written in place (``StepCounts.edited``)."""
+        self.counts.edited()
+
+    def leave(self, works: list[Optional["_Work"]], state: dict) -> None:
+        """After a checked eager step, once every group has run: note what it leaves. A group
+        whose step saw every param's state keeps its plan until the params or the state change
+        (``_Plan.basis``, taken after every group's new state: any group's changes the state's
+        version); and the step tensors (``StepCounts.left``)."""
+        done = [w for w in works if w is not None]
+        seen = tracked(state)
+        for work in done:
+            plan = work.plan
+            if not (seen and work.complete):
+                plan.basis = None
+            elif plan.basis is None or plan.basis.version != state.version:
+                plan.basis = Basis(plan.params, state)
+        self.counts.left(self._step_tensors(done, state))
+
+    def _step_tensors(self, works: list["_Work"], state: dict, lane: Optional[Lane] = None) -> list[Tensor]:
+        """The step tensors of ``works``' params, for rules with torch's ``step``: each bucket's
+        ``steps``; the counters ``lane`` advances for all its works, each other group's shared
+        large-param counters, or each other per-tensor param's own ``step``."""
+        if not self.spec.uses_step:
+            return []
+        tensors = [] if lane is None or lane.counters is None else [lane.counters]
+        laned = set(map(id, lane.works)) if tensors else ()
+        for work in works:
+            plan = work.plan
+            tensors += [b.steps for b in plan.buckets]
+            if id(work) in laned:
+                continue
+            if plan.direct_counters is not None:
+                tensors.append(plan.direct_counters)
+                continue
+            for p in plan.take_loose(plan.params):
+                step = state.get(p, _EMPTY).get("step")
+                if step is not None:
+                    tensors.append(step)
+        return tensors
+
     # ---------------------------------------------------------------- the steady step
 
     def record(self, groups: list[dict], works: list[Optional["_Work"]], state: Any,
@@ -425,7 +467,8 @@ class Engine:
         the checked path must plan it. ``amp``: a pending clip folded for the fused groups,
         ``clip`` the same for the eager ones (``Optimizer.step``)."""
         program = self._program
-        # After steps traced by dynamo, the host counts are read back by the checked path.
+        # After steps traced by dynamo or a step tensor written in place (``begin``), the host
+        # counts are read back by the checked path.
         if program is None or self.counts.stale or program.handed != _handed(amp, clip):
             return False
         grads = program.grads(groups, state)
@@ -468,6 +511,7 @@ class Engine:
                     work.clip = clip
                 self.execute(work, state)
             work.release()
+        self.counts.left(lane.steps)
         self.counts_of["replayed"] += 1
         return True
 
@@ -498,6 +542,7 @@ class Engine:
         rest = [(i, id(w) in inside) for i, w in enumerate(program.works) if id(w) not in inside or w.plan.buckets]
         self._lane = Lane(works, params, _picker([ids[id(p)] for p in params]), shared, rest, self.counts.scaled,
                           program.renumbered)
+        self._lane.steps = self._step_tensors(program.works, state, self._lane)
         return self._lane
 
     def _share_counters(self, plan: _Plan, counters: Tensor, state: Any) -> None:
@@ -729,14 +774,9 @@ class Engine:
         # a step that some params sit out splits histories, found_inf or not.
         if work.fused is not None and self.counts.scaled and (self.counts.diverged or not work.complete):
             self._took_scaled_step(work)
-        # A step that saw every param's state leaves the plan valid until the state changes.
-        plan, seen = work.plan, tracked(state) and work.complete
-        if seen and work.fused is not None and not work.direct and not torch.compiler.is_compiling():
-            self._prepare_direct(plan, work.layout, state, work.fused)
-        if not seen:
-            plan.basis = None
-        elif plan.basis is None or plan.basis.version != state.version:
-            plan.basis = Basis(plan.params, state)
+        if (tracked(state) and work.complete and work.fused is not None and not work.direct
+                and not torch.compiler.is_compiling()):
+            self._prepare_direct(work.plan, work.layout, state, work.fused)
 
     def _took_scaled_step(self, work: _Work) -> None:
         """Record that the params of ``work`` took part in this GradScaler step (see

@@ -85,6 +85,8 @@ class Lane:
         for j, (e, call) in enumerate(zip(entries, calls)):
             serial = e.device.type == "cpu" and e.p.numel() <= SERIAL_MAX_NUMEL
             (self.serial if serial else self.parallel).append((call, j))
+        # Every step tensor a replayed step advances (``StepCounts.left``), set by the engine.
+        self.steps: list[Tensor] = []
         self.written = [t for w in works for t in w.plan.launch.written]
         if self.counts_array is not None:
             self.written.append(counters)
