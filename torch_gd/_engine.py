@@ -409,9 +409,9 @@ class Engine:
 
     def leave(self, works: list[Optional["_Work"]], state: dict) -> None:
         """After a checked eager step, once every group has run: note what it leaves. A group
-        whose step saw every param's state keeps its plan until the params or the state change
-        (``_Plan.basis``, taken after every group's new state: any group's changes the state's
-        version); and the step tensors (``StepCounts.left``)."""
+        whose step saw every param's state keeps its plan until its params or the state change
+        (``_Plan.basis``, taken once every group has made its new state: any group's new state
+        changes the state's version); and the step tensors (``StepCounts.left``)."""
         done = [w for w in works if w is not None]
         seen = tracked(state)
         for work in done:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 # A param's dtype and shape: ``p.data = ...`` may change them, unseen by ``optimizer.state``.
 param_kind = operator.attrgetter("dtype", "shape")
 
+
 class _Counting(dict):
     """dict's mutators, each bumping ``self._owner.version`` first (written out, not
     generated, so that dynamo can trace them when a compiled training step calls ``step``)."""
