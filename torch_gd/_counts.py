@@ -15,15 +15,12 @@ device tensor, and says when the mirror cannot be trusted:
 
 from __future__ import annotations
 
-import operator
 from typing import Hashable, Iterable, Optional
 
 import torch
 from torch import Tensor
 
-# A tensor's version counter, which every in-place op bumps (autograd's in-place checks read it;
-# ``torch.autograd.graph.increment_version`` is its public writer). A view shares its base's.
-_version = operator.attrgetter("_version")
+from ._state import Basis
 
 
 class StepCounts:
@@ -55,10 +52,9 @@ class StepCounts:
         # counter stochastic rounding's random bits are drawn at. A tensor, so that a compiled
         # step (torch.compile around ``step()``) reads it rather than guarding on its value.
         self.rounds = torch.zeros((), dtype=torch.int64)
-        # The step tensors the last eager step advanced, and their version counters as it left
+        # The step tensors the last eager step advanced, with their version counters as it left
         # them (``left``).
-        self._left: list[Tensor] = []
-        self._versions: list[int] = []
+        self._left: Optional[Basis] = None
 
     def read(self, pid: int, st: dict) -> int:
         """Steps taken so far: the mirror, or once after a load or a replaced ``step``, the
@@ -93,14 +89,14 @@ class StepCounts:
 
     def left(self, steps: list[Tensor]) -> None:
         """Note the step tensors (or their bases) an eager step has just advanced, as it left them."""
-        self._left, self._versions = steps, list(map(_version, steps))
+        self._left = Basis(steps, versions=True)
 
     def edited(self) -> None:
         """Before a step: where a step tensor was written since the last step left it, the host
         counts are ``stale``: they are read back from the tensors, as after traced steps."""
-        if self._left and list(map(_version, self._left)) != self._versions:
+        if self._left is not None and not self._left.holds(self._left.params):
             self.stale = True
-            self._left = []
+            self._left = None
 
     def private_counter(self, pid: int, fresh: bool, made: Optional[Tensor]) -> Tensor:
         """A fused rule without torch's ``step`` still counts applied steps, on the device and

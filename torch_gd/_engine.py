@@ -178,6 +178,8 @@ class _Plan:
     direct: Optional[list["_Direct"]] = None
     direct_count: Optional[int] = None
     direct_ids: list[int] = field(default_factory=list)
+    # The params as ``direct``'s calls were prepared for (their storage: ``_Direct.alias``).
+    direct_basis: Optional[Basis] = None
     # Their kernel calls prepared for the flags and numbers of the step that prepared them.
     launch: Optional[Prepared] = None
     # The last fused step's call (flags, numbers, kernels), reused while they are the same.
@@ -209,9 +211,10 @@ class _Plan:
 @dataclass(eq=False)
 class _Direct:
     """A large param's fused update prepared once: 1-D views of it and its state in storage
-    order, its step counter, and what a step checks to know they still describe it."""
+    order, its step counter, and what a step checks to know they still describe it: the param
+    as it was (``alias``: its storage, offset, sizes and strides; see ``Basis``)."""
 
-    address: int
+    alias: Tensor
     shape: torch.Size
     stride: tuple[int, ...]
     dtype: torch.dtype
@@ -381,7 +384,8 @@ class Engine:
             if loose:
                 grads = None
                 if work.direct and plan.launch is not None and all(p.grad is not None for p in loose):
-                    grads = direct_grads(plan.direct, [(p, p.grad) for p in loose], checked=False)
+                    grads = direct_grads(plan.direct, [(p, p.grad) for p in loose], checked=False,
+                                         basis=plan.direct_basis)
                 launches.append((plan.launch if grads is not None else None, grads or []))
             if not all(launch for launch, _ in launches):
                 raise RuntimeError("kernel_calls(): a group's kernel calls were not prepared at the last step, "
@@ -493,7 +497,7 @@ class Engine:
             work.loose = list(zip(plan.take_loose(plan.params), plan.take_loose(gs)))
             if work.direct:
                 # The program has checked every grad's and param's dtype, device and shape.
-                work.direct_grads = direct_grads(plan.direct, work.loose, checked=True)
+                work.direct_grads = direct_grads(plan.direct, work.loose, checked=True, basis=plan.direct_basis)
                 if work.direct_grads is None:
                     self.forget_program()
                     return False
@@ -720,7 +724,7 @@ class Engine:
         # Traced by dynamo (``torch.compile`` around ``step()``), the large params take the
         # checked path: the prepared views were made outside the trace.
         prepared = whole and plan.direct is not None and not torch.compiler.is_compiling()
-        flat_grads = direct_grads(plan.direct, loose, checked=False) if prepared else None
+        flat_grads = direct_grads(plan.direct, loose, checked=False, basis=plan.direct_basis) if prepared else None
         direct = flat_grads is not None
         kw = {k: _f64(v) for k, v in hyper.items()}
         plain = not any(isinstance(v, Tensor) for v in kw.values())
@@ -809,13 +813,14 @@ class Engine:
             if step is None:
                 return
             states = {k: storage_order(t) for k, t in tensors.items()}
-            entries.append(_Direct(p.data_ptr(), p.shape, p.stride(), p.dtype, p.device, p.is_contiguous(), flat,
+            entries.append(_Direct(p.detach(), p.shape, p.stride(), p.dtype, p.device, p.is_contiguous(), flat,
                                    states, step))
         if not entries or len(counts) > 1 or None in counts:
             return
         if len({self.counts.history(id(p)) for p in loose}) > 1:
             return
         plan.direct = entries
+        plan.direct_basis = Basis(loose, storage=[e.alias for e in entries])
         if len({(e.step.device, e.step.dtype) for e in entries}) == 1:
             # The counters become views of one tensor, advanced by one op per step (a foreach
             # add over 0-dim tensors costs ~3 µs each on the CPU).

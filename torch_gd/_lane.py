@@ -4,8 +4,8 @@ A recorded steady step (``_steady.Program``) of fused groups calls one prepared 
 large param (``Engine._prepare_direct``). Done group by group, each group pays its own checks,
 step-counter op and version bumps: ~40 µs a group on the CPU, so resnet50 with a group per
 tensor spent 6.4 ms of host time a step against 1.9 ms with one group. A ``Lane`` does that
-work once for all groups: the params' addresses and strides and the grads' layouts compared
-in one pass at C speed, one op advancing every counter (they become views of one tensor), and
+work once for all groups: the params' storage, offsets and strides (``Basis``) and the
+grads' layouts compared in one pass at C speed, one op advancing every counter (they become views of one tensor), and
 one version bump; per group there remain its step's numbers and its kernel calls.
 """
 
@@ -18,11 +18,10 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from ._counts import StepCounts
+from ._state import Basis
 from ._fused import numpy_view, run_call, storage_order
 from ._private import one_thread, restore_threads
 
-_address = Tensor.data_ptr
-_stride = Tensor.stride
 _contiguous = Tensor.is_contiguous
 _flat = operator.methodcaller("view", -1)
 # CPU kernels of params up to this size run on one thread (``_private.one_thread``): the
@@ -46,8 +45,8 @@ class Lane:
         self.pick = pick
         self.entries = entries = [e for w in works for e in w.plan.direct]
         self.params = params
-        self.addresses = [e.address for e in entries]
-        self.strides = [e.stride for e in entries]
+        # The params as their calls were prepared for (``_Direct.alias``).
+        self.basis = Basis(params, storage=[e.alias for e in entries])
         # Where every param is contiguous, grads are checked at C speed and passed as they are
         # to calls that read them by address (``Prepared.any_shape``), else viewed 1-D;
         # otherwise they are checked and viewed per param.
@@ -106,14 +105,14 @@ class Lane:
         them by address), if the prepared calls still describe their params (not rebound by
         ``p.data = ...``) and grads; else None."""
         params = self.params
-        if list(map(_address, params)) != self.addresses or list(map(_stride, params)) != self.strides:
+        if not self.basis.holds(params):
             return None
         mine = self.pick(grads)
         if self.contiguous:
             if not all(map(_contiguous, mine)):
                 return None
             return list(mine) if self.any_shape else list(map(_flat, mine))
-        return direct_grads(self.entries, list(zip(params, mine)), checked=True)
+        return direct_grads(self.entries, list(zip(params, mine)), checked=True, basis=None)
 
     def run(self, grads: list[Tensor], amp: tuple[Optional[Tensor], Optional[Tensor]], counts: StepCounts) -> None:
         """Every call, with this step's GradScaler (or folded clip) tensors ``amp``: the counters
@@ -168,15 +167,16 @@ def _swap(mine: dict[tuple, dict[str, Tensor]], theirs: dict[tuple, dict[str, Te
     return {id(t): theirs[kind][name] for kind, box in mine.items() for name, t in box.items()}
 
 
-def direct_grads(entries: list[Any], loose: list[tuple[Tensor, Tensor]], checked: bool) -> Optional[list[Tensor]]:
+def direct_grads(entries: list[Any], loose: list[tuple[Tensor, Tensor]], checked: bool,
+                 basis: Optional[Basis]) -> Optional[list[Tensor]]:
     """The grads of params with prepared calls (``_engine._Direct``), 1-D as the calls take
-    them, if the calls still describe the params (not rebound by ``p.data = ...``) and their
-    grads (the param's layout, and unless ``checked`` already, its shape, dtype and device);
-    else None."""
+    them, if the calls still describe the params (``basis``: their storage as the calls were
+    prepared for, which ``p.data = ...`` changes; None: checked already) and their grads (the
+    param's layout, and unless ``checked`` already, its shape, dtype and device); else None."""
+    if basis is not None and not basis.holds([p for p, _ in loose]):
+        return None
     grads = []
     for e, (p, g) in zip(entries, loose):
-        if p.data_ptr() != e.address or p.stride() != e.stride:
-            return None
         if not checked and (p.shape != e.shape or g.shape != e.shape or g.dtype is not e.dtype or g.device != e.device):
             return None
         if e.contiguous:

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from . import _private
+from ._state import Basis, aliases
 
 _SOURCE = r"""
 #include <cstdint>
@@ -65,9 +66,9 @@ class Scatter:
 
     def __init__(self, params: list[Tensor], offsets: list[int], itemsize: int) -> None:
         self.params = params
-        # Aliases of the params as they are now: they keep the storages (so the addresses stay
-        # theirs), and ``valid`` compares each param with its alias in one C call.
-        self._aliases = [p.detach() for p in params]
+        # The params as they are now, their aliases keeping the storages (so the addresses stay
+        # theirs).
+        self._basis = Basis(params, storage=aliases(params))
         self._table = torch.tensor([p.data_ptr() for p in params], dtype=torch.int64)
         self._offsets = torch.tensor(offsets, dtype=torch.int64) * itemsize
         self._kernel = _compiled(_private.enabled())
@@ -91,7 +92,7 @@ class Scatter:
         """Whether the params still are what the table was built from: the same storage,
         offset, sizes and strides (``p.data = ...`` changes them, even at the same address, as
         ``p.data = p.data.t()`` does); a new dtype needs new storage."""
-        return all(map(Tensor.is_set_to, self.params, self._aliases))
+        return self._basis.holds(self.params)
 
     def gather(self, buffer: Tensor, begin: int, end: int) -> None:
         """Params ``[begin, end)`` into ``buffer``, which starts at param ``begin``."""

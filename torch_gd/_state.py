@@ -14,8 +14,13 @@ import operator
 from collections import defaultdict
 from typing import Any, Optional
 
+from torch import Tensor
+
 # A param's dtype and shape: ``p.data = ...`` may change them, unseen by ``optimizer.state``.
 param_kind = operator.attrgetter("dtype", "shape")
+# A tensor's version counter, which every in-place op bumps (autograd's in-place checks read it;
+# ``torch.autograd.graph.increment_version`` is its public writer). A view shares its base's.
+_version = operator.attrgetter("_version")
 
 
 class _Counting(dict):
@@ -113,26 +118,47 @@ def tracked(state: Any) -> bool:
     return isinstance(state, State) and not state.untracked
 
 
+def aliases(tensors: list[Tensor]) -> list[Tensor]:
+    """Aliases of ``tensors`` as they are now, for ``Basis(storage=...)``: they keep the
+    storages alive, so that no other tensor is allocated at their addresses while they live."""
+    return [t.detach() for t in tensors]
+
+
 class Basis:
-    """What a cache was built from, and the one check of whether it still holds: the same
-    params (identities, in order), with ``kinds`` each of the same dtype and shape, and with
-    ``state`` ``optimizer.state`` unchanged since (its ``version``). Every cache the engine
-    builds from the params and their state keeps the ``Basis`` it was built on.
+    """What a cache was built from, and the one check every cache makes of whether it still
+    holds: the same tensors (identities, in order) and, as the cache needs,
 
-    ``params`` is kept as given: pass a list nobody mutates."""
+    - ``state``: ``optimizer.state`` unchanged since (its ``version``);
+    - ``kinds``: each of the same dtype and shape (``p.data = ...`` may change them);
+    - ``storage``: each on the storage, at the offset, with the sizes and strides of its alias
+      (``aliases``, taken when the cache saw them): a cache that calls or copies through
+      addresses;
+    - ``versions``: each unwritten since (its version counter), for tensors only the engine
+      writes between steps.
 
-    __slots__ = ("params", "version", "kinds")
+    Every check runs at C speed (``map`` over attribute getters, list equality; ~0.1 µs a
+    tensor). ``params`` is kept as given: pass a list nobody mutates."""
 
-    def __init__(self, params: list, state: Any = None, kinds: bool = False) -> None:
+    __slots__ = ("params", "version", "kinds", "storage", "versions")
+
+    def __init__(self, params: list, state: Any = None, kinds: bool = False,
+                 storage: Optional[list[Tensor]] = None, versions: bool = False) -> None:
         self.params = params
         # None: built without a state to rest on; -1: on a state whose changes go unseen.
         self.version: Optional[int] = None if state is None else state.version if tracked(state) else -1
         self.kinds = list(map(param_kind, params)) if kinds else None
+        self.storage = storage
+        self.versions = list(map(_version, params)) if versions else None
 
     def holds(self, params: list, state: Any = None) -> bool:
         """Whether ``params`` and ``state`` are still what this was built from."""
         if self.version is not None and (self.version < 0 or not tracked(state) or state.version != self.version):
             return False
-        if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
+        if params is not self.params and (len(params) != len(self.params)
+                                          or not all(map(operator.is_, params, self.params))):
             return False
-        return self.kinds is None or list(map(param_kind, params)) == self.kinds
+        if self.kinds is not None and list(map(param_kind, params)) != self.kinds:
+            return False
+        if self.storage is not None and not all(map(Tensor.is_set_to, params, self.storage)):
+            return False
+        return self.versions is None or list(map(_version, params)) == self.versions
