@@ -5,8 +5,9 @@ large param (``Engine._prepare_direct``). Done group by group, each group pays i
 step-counter op and version bumps: ~40 µs a group on the CPU, so resnet50 with a group per
 tensor spent 6.4 ms of host time a step against 1.9 ms with one group. A ``Lane`` does that
 work once for all groups: the params' storage, offsets and strides (``Basis``) and the
-grads' layouts compared in one pass at C speed, one op advancing every counter (they become views of one tensor), and
-one version bump; per group there remain its step's numbers and its kernel calls.
+grads' layouts compared in one pass at C speed, one op advancing every counter (they become
+views of one tensor), and one version bump; per group there remain its step's numbers and its
+kernel calls.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 from ._counts import StepCounts
-from ._state import Basis
 from ._fused import numpy_view, run_call, storage_order
 from ._private import one_thread, restore_threads
+from ._state import Basis
 
 _contiguous = Tensor.is_contiguous
 _flat = operator.methodcaller("view", -1)
