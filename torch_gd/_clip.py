@@ -100,8 +100,8 @@ class PendingClip:
         return found
 
     def scaled(self, g: Tensor, scratch: Optional[Tensor]) -> Tensor:
-        """``g`` times the factor, into ``scratch`` where it can hold it: the user's grad stays
-        as it is."""
+        """``g`` (a grad, or a run's grads as ``Many``) times the factor, into ``scratch`` where
+        it can hold it: the user's grads stay as they are."""
         fits = scratch is not None and not g.is_sparse and scratch.shape == g.shape
         return _ops.scale(g, self.factor_on(g.device), out=scratch if fits else None)
 

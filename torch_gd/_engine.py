@@ -864,8 +864,8 @@ class Engine:
                     counts.set(run.ids, kw["step"])
                 kw.update(run.many[1])
                 g = Many(grads)
-                if work.clip is not None:  # into the scratch: the user's grads stay as they are
-                    g = _ops.scale(g, work.clip.factor_on(grads[0].device), out=kw["scratch"])
+                if work.clip is not None:
+                    g = work.clip.scaled(g, kw["scratch"])
                 rule(run.many[0], g, **self.spec.with_coefficients(kw))
                 continue
             for j, g in enumerate(grads):

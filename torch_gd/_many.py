@@ -35,6 +35,15 @@ class Many:
     def __init__(self, ts: list[Tensor]) -> None:
         self.ts = ts
 
+    @property
+    def device(self) -> torch.device:
+        return self.ts[0].device
+
+    @property
+    def shape(self) -> tuple[torch.Size, ...]:
+        """Each tensor's shape: two lists laid out alike have equal ones."""
+        return tuple(t.shape for t in self.ts)
+
     # In place, as the rules' methods.
     def mul_(self, a: Number) -> Many:
         torch._foreach_mul_(self.ts, a)

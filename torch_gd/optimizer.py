@@ -333,9 +333,10 @@ class Optimizer(torch.optim.Optimizer):
                 return loss
             fused_amp = clip.fold(*amp, skip=on_device)
         plain = amp == (None, None) and not self.check_finite
-        if not torch.compiler.is_compiling():
+        eager = not torch.compiler.is_compiling()
+        if eager:
             self._engine.begin()
-        if (plain and not torch.compiler.is_compiling()
+        if (plain and eager
                 and self._engine.replay(self.param_groups, self.state, fused_amp, clip)):
             self._clip = None
             return loss
@@ -364,7 +365,7 @@ class Optimizer(torch.optim.Optimizer):
             if w is not None:
                 self._engine.execute(w, self.state)
         self._clip = None
-        if not torch.compiler.is_compiling():
+        if eager:
             self._engine.leave(work, self.state)
             if plain:
                 self._engine.record(self.param_groups, work, self.state, self._rule_kw, self._state_keys, fused_amp, clip)
